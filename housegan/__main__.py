@@ -1,0 +1,5 @@
+import sys
+
+from housegan.cli import main
+
+sys.exit(main())

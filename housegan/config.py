@@ -1,0 +1,196 @@
+"""The one typed settings object.
+
+Values come, highest priority first, from: keyword arguments, ``HOUSEGAN_*`` environment
+variables (nested with ``__``, e.g. ``HOUSEGAN_IMAGES__MIN_SIDE=64``), the YAML file named by
+``HOUSEGAN_CONFIG`` (default ``housegan.yaml`` in the working directory, if present), and the
+defaults below. Every default in the project lives here.
+
+AWS credentials, region and endpoint are read the way boto3 reads them (``AWS_ACCESS_KEY_ID``,
+``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, profiles, ...); ``s3_endpoint_url`` overrides the
+endpoint when set.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "HOUSEGAN_CONFIG"
+DEFAULT_CONFIG_FILE = "housegan.yaml"
+IMAGE_TYPES = ("exterior", "landscape", "floorplan", "interior", "misc")
+
+
+class ImageLimits(BaseModel):
+    """What ingest accepts as a usable image."""
+
+    min_side: int = Field(32, ge=1, description="smaller displayed side below this -> too_small")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="width*height above this -> too_large (decompression bomb)"
+    )
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1, description="objects larger are not fetched")
+
+
+class IngestSettings(BaseModel):
+    """Listing, fetching and retrying the source bucket."""
+
+    concurrency: int = Field(32, ge=1, description="objects fetched at once")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(15.0, gt=0, description="a stalled read is abandoned after this")
+    retries: int = Field(4, ge=0, description="attempts after the first on transient errors")
+    retry_backoff_s: float = Field(0.2, ge=0)
+    fail_fast_timeout_s: float = Field(
+        20.0, gt=0, description="budget for the first request that proves the source is reachable"
+    )
+    skip_prefixes: tuple[str, ...] = Field(
+        (".",), description="path components starting with these are skipped (dotfiles)"
+    )
+
+
+class EmbedSettings(BaseModel):
+    """VGG16 feature extraction (issue 3)."""
+
+    weights: str = Field(
+        "none", description="'imagenet', 'none' (random init) or a file/URI of a state dict"
+    )
+    layer: str = Field("fc7", description="'fc7' (4096-d) or 'conv5' (512-d pooled)")
+    input_size: int = Field(224, ge=32)
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(2, ge=0)
+    bf16: bool = True
+    seed: int = 0
+
+
+class ClusterSettings(BaseModel):
+    """k-means over embeddings (issue 3)."""
+
+    k: int = Field(5, ge=2)
+    k_range: tuple[int, int] = (3, 8)
+    pca_dim: int = Field(128, ge=2)
+    minibatch_above: int = Field(50_000, ge=1)
+    seed: int = 0
+    cluster_to_type: dict[int, str] = Field(default_factory=dict)
+
+
+class CurateSettings(BaseModel):
+    """Quality flags, near-duplicates and outliers (issue 3)."""
+
+    wanted_types: tuple[str, ...] = ("exterior", "landscape")
+    dark_threshold: float = 0.12
+    overexposed_threshold: float = 0.92
+    blurry_threshold: float = 0.003
+    low_information_threshold: float = 3.0
+    grayscale_threshold: float = 0.015
+    max_aspect_ratio: float = 3.0
+    near_duplicate_cosine: float | None = None
+    outlier_percentile: float = 98.0
+    knn_k: int = 5
+
+
+class GanSettings(BaseModel):
+    """Conditional GAN training (issue 4)."""
+
+    image_size: int = 64
+    batch_size: int = 64
+    kimg: float = 10.0
+    max_minutes: float | None = None
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    seed: int = 0
+    registered_model_name: str = "housegan-cgan"
+
+
+class StackSettings(BaseModel):
+    """The embedded local stack (`housegan stack up`)."""
+
+    dir: Path = Path(".housegan/stack")
+    host: str = "127.0.0.1"
+    s3_port: int = 8333
+    buckets: tuple[str, ...] = ("listings", "housegan")
+    access_key: str | None = Field(None, description="local S3 key; generated on first `up`")
+    secret_key: str | None = Field(None, description="local S3 secret; generated on first `up`")
+    startup_timeout_s: float = 30.0
+
+
+class Settings(BaseSettings):
+    """Everything a housegan run can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HOUSEGAN_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    store_uri: str = Field(
+        "file://./.housegan/store", description="root for manifests, embeddings, datasets"
+    )
+    source_uri: str = Field("s3://listings/raw", description="where raw listing photos land")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint; overrides AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL"
+    )
+    s3_region: str | None = None
+    mlflow_tracking_uri: str = "sqlite:///.housegan/mlflow.db"
+    mlflow_experiment: str = "housegan"
+    key_pattern: str = Field(
+        r"^(?P<city>[^/]+)/(?P<listing_id>[^/]+)/[^/]+$",
+        description="regex on the key relative to source_uri; named groups city and listing_id",
+    )
+    images: ImageLimits = ImageLimits()
+    ingest: IngestSettings = IngestSettings()
+    embed: EmbedSettings = EmbedSettings()
+    cluster: ClusterSettings = ClusterSettings()
+    curate: CurateSettings = CurateSettings()
+    gan: GanSettings = GanSettings()
+    stack: StackSettings = StackSettings()
+
+    @field_validator("key_pattern")
+    @classmethod
+    def _pattern_names_city(cls, value: str) -> str:
+        import re
+
+        groups = re.compile(value).groupindex
+        if "city" not in groups:
+            raise ValueError(f"key_pattern {value!r} has no named group 'city'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get(CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE)
+        if os.environ.get(CONFIG_ENV_VAR) and not Path(yaml_file).is_file():
+            raise FileNotFoundError(f"{CONFIG_ENV_VAR}={yaml_file} names no file")
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file),
+        )
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec/s3fs options for s3:// URIs; credentials stay with botocore's own chain."""
+        client_kwargs: dict[str, Any] = {}
+        if self.s3_endpoint_url:
+            client_kwargs["endpoint_url"] = self.s3_endpoint_url
+        if self.s3_region:
+            client_kwargs["region_name"] = self.s3_region
+        return {"client_kwargs": client_kwargs} if client_kwargs else {}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

@@ -1,0 +1,145 @@
+"""URI-addressed storage through fsspec: ``s3://bucket/prefix`` and ``file:///path`` alike.
+
+Publishing follows one rule: data is written under a fresh, never-reused name first, and only
+then is a small pointer written that names it. S3 PUTs are atomic per object; local writes go
+to a temporary file in the same folder and are renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+POINTER_NAME = "latest"
+
+
+class StorageError(RuntimeError):
+    """A store or source could not be read or written; the message says which URI and why."""
+
+
+def normalize_uri(uri: str) -> str:
+    """Make a URI absolute: bare and ``file://`` relative paths become ``file:///abs/path``."""
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    scheme, rest = uri.split("://", 1)
+    if scheme == "file" and not rest.startswith("/"):
+        return Path(rest).resolve().as_uri()
+    return uri.rstrip("/") if rest.strip("/") else uri
+
+
+def get_fs(
+    uri: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem serving ``uri`` and the path inside it."""
+    uri = normalize_uri(uri)
+    protocol = uri.split("://", 1)[0]
+    options = dict(storage_options or {}) if protocol in ("s3", "s3a") else {}
+    return url_to_fs(uri, **options)
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with forward slashes."""
+    return posixpath.join(uri.rstrip("/"), *(p.strip("/") for p in parts))
+
+
+def is_local(uri: str) -> bool:
+    return normalize_uri(uri).startswith("file://")
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path of a ``file://`` URI."""
+    uri = normalize_uri(uri)
+    if not uri.startswith("file://"):
+        raise ValueError(f"{uri} is not a local file URI")
+    return Path(uri[len("file://") :])
+
+
+def write_bytes_atomic(
+    uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``data`` so that readers see either the old object or the whole new one."""
+    if is_local(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
+    fs, path = get_fs(uri, storage_options)
+    fs.pipe_file(path, data)  # one PUT: atomic on S3
+
+
+def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
+    fs, path = get_fs(uri, storage_options)
+    return fs.cat_file(path)
+
+
+def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    fs, path = get_fs(uri, storage_options)
+    return fs.exists(path)
+
+
+def new_version_name(suffix: str) -> str:
+    """A sortable, never-reused file name: ``20261129T014500123456Z-1a2b3c4d<suffix>``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{stamp}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def publish_pointer(
+    collection_uri: str,
+    version_name: str,
+    metadata: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Point ``<collection>/latest`` at ``version_name`` (already written); returns its URI."""
+    target = join(collection_uri, version_name)
+    body = {
+        "version": version_name,
+        "uri": target,
+        "published_at": datetime.now(UTC).isoformat(),
+        **(metadata or {}),
+    }
+    write_bytes_atomic(
+        join(collection_uri, POINTER_NAME),
+        json.dumps(body, indent=2).encode(),
+        storage_options,
+    )
+    return target
+
+
+def read_pointer(
+    collection_uri: str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The ``latest`` pointer of a collection, or None if nothing was published yet."""
+    pointer_uri = join(collection_uri, POINTER_NAME)
+    try:
+        raw = read_bytes(pointer_uri, storage_options)
+    except FileNotFoundError:
+        return None
+    body = json.loads(raw)
+    # The version may have been published from another mount of the same store: resolve
+    # it against the collection we were asked about.
+    body["uri"] = join(collection_uri, body["version"])
+    return body
+
+
+def latest_uri(collection_uri: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    pointer = read_pointer(collection_uri, storage_options)
+    return pointer["uri"] if pointer else None
