@@ -65,35 +65,89 @@ class EmbedSettings(BaseModel):
     layer: str = Field("fc7", description="'fc7' (4096-d) or 'conv5' (512-d pooled)")
     input_size: int = Field(224, ge=32)
     batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, description="DataLoader processes decoding images")
     bf16: bool = True
-    seed: int = 0
+    seed: int = Field(0, description="seeds the random init when weights='none'")
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
+    shard_size: int = Field(256, ge=1, description="photos per Parquet part / mapped task")
+    dask_workers: int = Field(0, ge=0, description="map shards on a local Dask cluster if > 0")
 
 
 class ClusterSettings(BaseModel):
     """k-means over embeddings (issue 3)."""
 
     k: int = Field(5, ge=2)
-    k_range: tuple[int, int] = (3, 8)
-    pca_dim: int = Field(128, ge=2)
-    minibatch_above: int = Field(50_000, ge=1)
+    k_range: tuple[int, int] = Field((3, 8), description="silhouette report over k in [lo, hi]")
+    pca_dim: int = Field(128, ge=2, description="PCA dims for clusters, classifier, k-NN")
+    pca_fit_rows: int = Field(20_000, ge=100, description="PCA is fitted on a sample this big")
+    minibatch_above: int = Field(50_000, ge=1, description="MiniBatchKMeans above this many rows")
+    silhouette_sample: int = Field(5_000, ge=100, description="rows scored per silhouette")
     seed: int = 0
-    cluster_to_type: dict[int, str] = Field(default_factory=dict)
+    cluster_to_type: dict[int, str] = Field(
+        default_factory=dict, description="cluster id -> image type, named from the galleries"
+    )
+    gallery_nearest: int = Field(8, ge=0, description="photos nearest the centroid per gallery")
+    gallery_random: int = Field(8, ge=0, description="random members per gallery")
+    thumb_size: int = Field(96, ge=16, description="gallery tile side in pixels")
+
+    @field_validator("cluster_to_type")
+    @classmethod
+    def _types_known(cls, value: dict[int, str]) -> dict[int, str]:
+        unknown = sorted(set(value.values()) - set(IMAGE_TYPES))
+        if unknown:
+            raise ValueError(f"cluster_to_type names unknown types {unknown}; use {IMAGE_TYPES}")
+        return value
 
 
 class CurateSettings(BaseModel):
-    """Quality flags, near-duplicates and outliers (issue 3)."""
+    """Image types, quality flags, near-duplicates and outliers (issue 3).
+
+    Quality scores are computed on a copy downscaled to ``quality_max_side``; brightness is
+    perceived brightness in [0, 1] (cleanvision's formula).
+    """
 
     wanted_types: tuple[str, ...] = ("exterior", "landscape")
-    dark_threshold: float = 0.12
-    overexposed_threshold: float = 0.92
-    blurry_threshold: float = 0.003
-    low_information_threshold: float = 3.0
-    grayscale_threshold: float = 0.015
-    max_aspect_ratio: float = 3.0
-    near_duplicate_cosine: float | None = None
+    dark_threshold: float = Field(0.12, description="dark: 99th pct brightness below this")
+    overexposed_threshold: float = Field(
+        0.92, description="overexposed: 5th pct brightness above this"
+    )
+    blurry_threshold: float = Field(
+        0.003, description="blurry: variance of the Laplacian of gray in [0, 1] below this"
+    )
+    low_information_threshold: float = Field(
+        3.0, description="low information: grayscale histogram entropy (bits) below this"
+    )
+    grayscale_threshold: float = Field(
+        0.015, description="grayscale: mean (max - min) over RGB channels below this"
+    )
+    max_aspect_ratio: float = Field(3.0, description="odd aspect ratio: long/short side above")
+    drop_flags: tuple[str, ...] = Field(
+        ("dark", "overexposed", "blurry", "low_information", "grayscale", "odd_aspect_ratio"),
+        description="quality flags that drop a photo (others are only reported)",
+    )
+    quality_max_side: int = Field(128, ge=16)
+    quality_workers: int = Field(8, ge=1, description="photos read and scored at once")
+    near_duplicate_cosine: float | None = Field(
+        None, description="fixed threshold; None calibrates it on the data for the model tag"
+    )
+    near_duplicate_percentile: float = Field(
+        99.0, description="calibration: this pct of k-th neighbour cosine (distinct photos)"
+    )
+    near_duplicate_min_cosine: float = Field(0.9, description="calibrated value never below")
     outlier_percentile: float = 98.0
-    knn_k: int = 5
+    outlier_min_group: int = Field(20, ge=2, description="smaller (city, type) groups: no outliers")
+    knn_k: int = Field(5, ge=1)
+    classifier_c: float = Field(1.0, gt=0, description="logistic regression inverse regularization")
+    cv_folds: int = Field(5, ge=2, description="cross-validation folds for held-out accuracy")
+    gallery_size: int = Field(24, ge=0, description="photos per dropped-reason gallery")
+
+    @field_validator("wanted_types")
+    @classmethod
+    def _wanted_known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - {*IMAGE_TYPES, "unknown"})
+        if unknown:
+            raise ValueError(f"wanted_types names unknown types {unknown}; use {IMAGE_TYPES}")
+        return value
 
 
 class GanSettings(BaseModel):
@@ -114,10 +168,13 @@ class StackSettings(BaseModel):
     dir: Path = Path(".housegan/stack")
     host: str = "127.0.0.1"
     s3_port: int = 8333
+    mlflow_port: int = Field(5000, description="0 leaves MLflow out of the stack")
+    prefect_port: int = Field(4200, description="0 leaves Prefect out of the stack")
     buckets: tuple[str, ...] = ("listings", "housegan")
     access_key: str | None = Field(None, description="local S3 key; generated on first `up`")
     secret_key: str | None = Field(None, description="local S3 secret; generated on first `up`")
     startup_timeout_s: float = 30.0
+    mlflow_artifacts_uri: str = "s3://housegan/mlflow-artifacts"
 
 
 class Settings(BaseSettings):
