@@ -176,6 +176,108 @@ def start_seaweed(
     return service
 
 
+def start_process(
+    name: str,
+    args: list[str],
+    *,
+    workdir: Path,
+    endpoint: str,
+    health_url: str,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+) -> Service:
+    """Start a server detached (own session, logs to ``<workdir>/<name>.log``), wait for health."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    service = Service(name, process.pid, endpoint, str(log_path))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not service.alive():
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise StackError(f"{name} exited during start-up; log tail:\n{tail}")
+        try:
+            with urllib.request.urlopen(health_url, timeout=2) as response:
+                if response.status == 200:
+                    return service
+        except OSError:
+            pass
+        time.sleep(0.3)
+    stop_pid(process.pid)
+    raise StackError(f"{name} not healthy at {health_url} after {timeout_s:.0f}s; see {log_path}")
+
+
+def start_mlflow(
+    workdir: Path,
+    *,
+    host: str,
+    port: int,
+    artifacts_uri: str,
+    s3_env: dict[str, str],
+    timeout_s: float = 60.0,
+) -> Service:
+    """MLflow tracking server: SQLite backend store, artifacts proxied to the S3 store."""
+    workdir = workdir.resolve()
+    args = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        f"--backend-store-uri=sqlite:///{workdir / 'mlflow.db'}",
+        f"--artifacts-destination={artifacts_uri}",
+        f"--host={host}",
+        f"--port={port}",
+        "--workers=1",
+    ]
+    env = {
+        **s3_env,
+        "MLFLOW_S3_ENDPOINT_URL": s3_env.get("AWS_ENDPOINT_URL_S3", ""),
+        # Job execution spawns 7 extra processes (~2 GB) that the local stack does not need.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    endpoint = f"http://{host}:{port}"
+    return start_process(
+        "mlflow",
+        args,
+        workdir=workdir,
+        endpoint=endpoint,
+        health_url=f"{endpoint}/health",
+        env=env,
+        timeout_s=timeout_s,
+    )
+
+
+def start_prefect(workdir: Path, *, host: str, port: int, timeout_s: float = 90.0) -> Service:
+    """Prefect server (SQLite under ``workdir``), analytics off: there is no network."""
+    workdir = workdir.resolve()
+    args = [
+        str(Path(sys.executable).parent / "prefect"),
+        "server",
+        "start",
+        f"--host={host}",
+        f"--port={port}",
+        "--analytics-off",
+    ]
+    env = {"PREFECT_HOME": str(workdir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    endpoint = f"http://{host}:{port}"
+    return start_process(
+        "prefect",
+        args,
+        workdir=workdir,
+        endpoint=endpoint,
+        health_url=f"{endpoint}/api/health",
+        env=env,
+        timeout_s=timeout_s,
+    )
+
+
 def _wait_for_s3(service: Service, host: str, port: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -240,8 +342,11 @@ def up(
     secret_key: str,
     buckets: tuple[str, ...],
     timeout_s: float,
+    mlflow_port: int | None = None,
+    mlflow_artifacts_uri: str | None = None,
+    prefect_port: int | None = None,
 ) -> dict[str, Service]:
-    """Start what is not running yet; returns every running service."""
+    """Start what is not running yet (S3, then MLflow and Prefect when given a port)."""
     services = {n: s for n, s in read_state(stack_dir).items() if s.alive()}
     if "s3" not in services:
         services["s3"] = start_seaweed(
@@ -252,6 +357,21 @@ def up(
             secret_key=secret_key,
             buckets=buckets,
             timeout_s=timeout_s,
+        )
+        write_state(stack_dir, services)
+    if mlflow_port and "mlflow" not in services:
+        services["mlflow"] = start_mlflow(
+            stack_dir / "mlflow",
+            host=host,
+            port=mlflow_port,
+            artifacts_uri=mlflow_artifacts_uri or f"s3://{buckets[-1]}/mlflow-artifacts",
+            s3_env=stack_env({"s3": services["s3"]}, access_key, secret_key),
+            timeout_s=max(timeout_s, 60.0),
+        )
+        write_state(stack_dir, services)
+    if prefect_port and "prefect" not in services:
+        services["prefect"] = start_prefect(
+            stack_dir / "prefect", host=host, port=prefect_port, timeout_s=max(timeout_s, 90.0)
         )
     write_state(stack_dir, services)
     return services
@@ -285,4 +405,9 @@ def stack_env(services: dict[str, Service], access_key: str, secret_key: str) ->
                 "AWS_DEFAULT_REGION": "us-east-1",
             }
         )
+    if "mlflow" in services:
+        env["MLFLOW_TRACKING_URI"] = services["mlflow"].endpoint
+        env["HOUSEGAN_MLFLOW_TRACKING_URI"] = services["mlflow"].endpoint
+    if "prefect" in services:
+        env["PREFECT_API_URL"] = f"{services['prefect'].endpoint}/api"
     return env

@@ -9,7 +9,9 @@ from housegan.config import get_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("stack", help="start/stop the local S3 (and later) servers")
+    parser = subparsers.add_parser(
+        "stack", help="start/stop the local servers: S3 (SeaweedFS), MLflow, Prefect"
+    )
     parser.add_argument("action", choices=("up", "down", "status", "env"))
     parser.set_defaults(handler=run)
 
@@ -28,9 +30,12 @@ def run(args: argparse.Namespace) -> int:
             secret_key=secret_key,
             buckets=settings.buckets,
             timeout_s=settings.startup_timeout_s,
+            mlflow_port=settings.mlflow_port,
+            mlflow_artifacts_uri=settings.mlflow_artifacts_uri,
+            prefect_port=settings.prefect_port,
         )
         for name, service in services.items():
-            print(f"{name}: {service.endpoint} (pid {service.pid}, log {service.log})")
+            print(f"{name:8s} {service.endpoint}  (pid {service.pid}, log {service.log})")
         print("point clients at it with:  eval $(housegan stack env)")
     elif args.action == "down":
         stopped = stack.down(settings.dir)
