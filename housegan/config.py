@@ -153,12 +153,59 @@ class CurateSettings(BaseModel):
 class GanSettings(BaseModel):
     """Conditional GAN training (issue 4)."""
 
-    image_size: int = 64
-    batch_size: int = 64
-    kimg: float = 10.0
-    max_minutes: float | None = None
+    # data and budget
+    image_size: int = Field(64, description="R: 32, 64 or 128")
+    batch_size: int = Field(64, ge=1, description="images per step and per process (DDP rank)")
+    kimg: float = Field(10.0, gt=0, description="budget: thousands of real images shown")
+    steps: int | None = Field(None, ge=1, description="budget in steps; overrides kimg when set")
+    max_minutes: float | None = Field(
+        None, gt=0, description="wall-clock budget, summed over resumed segments"
+    )
+    balanced: bool = Field(False, description="sample (city, type) classes equally often")
+    xflip: bool = Field(True, description="random horizontal flips of real images")
+    diffaugment: str = Field(
+        "translation,color,cutout", description="DiffAugment policy on real and fake; '' = none"
+    )
+    # models (see housegan.gan.models.ModelSpec)
+    width: int = Field(32, ge=1, description="base channels; the widest stage has 16x this")
+    z_dim: int = Field(128, ge=2)
+    embed_dim: int = Field(128, ge=1, description="size of each shared label embedding")
+    hierarchical_z: bool = True
+    # optimisation
+    g_lr: float = Field(1e-4, gt=0)
+    d_lr: float = Field(4e-4, gt=0, description="TTUR: D learns faster than G")
+    adam_betas: tuple[float, float] = (0.0, 0.999)
+    d_steps: int = Field(1, ge=1, description="D updates per G update")
+    ema_kimg: float = Field(10.0, gt=0, description="EMA half-life of G_ema, in kimg")
+    ema_rampup: float | None = Field(
+        0.05, description="early on, half-life <= this fraction of images shown so far"
+    )
+    # device and speed
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    precision: str = Field(
+        "auto", description="'auto' (bf16 on CUDA, fp32 on CPU), 'bf16', 'fp16' or 'fp32'"
+    )
+    channels_last: bool = Field(True, description="NHWC memory format (CUDA only)")
+    compile: bool = Field(False, description="torch.compile the networks")
+    cpu_threads: int | None = Field(None, ge=1, description="torch threads on CPU; None = as is")
+    deterministic: bool = Field(
+        False, description="deterministic algorithms on CUDA too (always on for CPU)"
+    )
     seed: int = 0
+    # reporting and checkpoints
+    log_every: int = Field(50, ge=1, description="steps between metric reports and NaN checks")
+    snapshot_every: int = Field(500, ge=1, description="steps between sample grids")
+    grid_per_class: int = Field(6, ge=1, description="samples per (city, type) in a grid")
+    checkpoint_every_minutes: float = Field(15.0, gt=0)
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="also every N steps")
+    checkpoint_keep: int = Field(3, ge=1, description="newest checkpoints kept")
+    # NaN / divergence guard
+    guard_max_abs_loss: float = Field(1e4, gt=0, description="a larger |loss| counts as diverged")
+    guard_lr_factor: float = Field(0.5, gt=0, le=1, description="LRs scale by this on rollback")
+    guard_max_rollbacks: int = Field(8, ge=0, description="more rollbacks than this -> give up")
+    inject_nan_at_step: int | None = Field(
+        None, description="fault drill: poison the losses once at this step to exercise the guard"
+    )
     registered_model_name: str = "housegan-cgan"
 
 

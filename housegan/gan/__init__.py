@@ -1,0 +1,1 @@
+"""Conditional GAN on (city, image type): data packing, models, training, checkpoints."""
