@@ -38,6 +38,10 @@ class ImageLimits(BaseModel):
         40_000_000, ge=1, description="width*height above this -> too_large (decompression bomb)"
     )
     max_bytes: int = Field(50 * 1024 * 1024, ge=1, description="objects larger are not fetched")
+    formats: tuple[str, ...] = Field(
+        ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"),
+        description="Pillow formats opened; anything else is not_image",
+    )
 
 
 class IngestSettings(BaseModel):
@@ -54,6 +58,9 @@ class IngestSettings(BaseModel):
     skip_prefixes: tuple[str, ...] = Field(
         (".",), description="path components starting with these are skipped (dotfiles)"
     )
+    task_retries: int = Field(2, ge=0, description="Prefect retries of the whole ingest task")
+    task_retry_delay_s: float = Field(10.0, ge=0)
+    progress_every_s: float = Field(1.0, gt=0, description="Prefect progress artifact updates")
 
 
 class EmbedSettings(BaseModel):
