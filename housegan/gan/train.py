@@ -1,15 +1,45 @@
-"""The training loop (interface first version; the body lands next)."""
+"""The training loop: hinge loss, TTUR Adam, EMA generator, DiffAugment, NaN guard, checkpoints.
+
+One step = ``d_steps`` discriminator updates on (real, fake) batches followed by one generator
+update, then the EMA update of ``G_ema``. The packed dataset sits whole on the device; batches
+are index tensors drawn on the device (a shuffled epoch order, sharded over DDP ranks like a
+``DistributedSampler``, or class-balanced draws). Everything random flows from generators whose
+states are checkpointed, so a run resumed from a checkpoint continues bit for bit on CPU.
+
+Every ``log_every`` steps the loop reads its statistics (one host sync), checks them for
+NaN/divergence and either rolls back to the last good in-memory snapshot with lower learning
+rates or takes a new snapshot; metrics and sample grids go to a ``Reporter``.
+
+``python -m housegan.gan.train DATASET OUT [key=value ...]`` runs it directly, e.g. under
+``torchrun --standalone --nproc_per_node=N``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import copy
+import hashlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from PIL import Image
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
 
+from housegan import storage
 from housegan.config import GanSettings
-from housegan.gan.models import ModelSpec
+from housegan.gan import checkpoint, ddp
+from housegan.gan import loss as losses
+from housegan.gan.augment import DiffAugment, xflip
+from housegan.gan.data import PackedDataset, load_packed
+from housegan.gan.models import Discriminator, Generator, ModelSpec
+
+CHECKPOINT_FORMAT = "housegan.gan.checkpoint/1"
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class Reporter(Protocol):
@@ -20,6 +50,10 @@ class Reporter(Protocol):
     def metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
     def image(self, name: str, image: Image.Image, step: int) -> None: ...
+
+
+class TrainingDiverged(RuntimeError):
+    """The guard rolled back more often than ``guard_max_rollbacks`` allows."""
 
 
 @dataclass(frozen=True)
@@ -33,8 +67,8 @@ class TrainResult:
     g_ema_state_path: str  # URI of g_ema.safetensors
     dataset_id: str = ""
     rollbacks: int = 0
-    seconds: float = 0.0  # wall time of this segment's training steps
-    images_per_second: float = 0.0
+    seconds: float = 0.0  # wall time of this segment's training loop
+    images_per_second: float = 0.0  # over this segment, all ranks together
     metrics: dict[str, float] = field(default_factory=dict)  # the last reported values
 
 
@@ -47,5 +81,544 @@ def train(
     reporter: Reporter | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train on a prepared dataset; ``resume`` continues from the newest checkpoint in out_dir."""
-    raise NotImplementedError
+    """Train on a prepared dataset; ``resume`` continues from the newest checkpoint in out_dir.
+
+    Under ``torchrun`` every rank calls this; rank 0 reports and writes files.
+    """
+    trainer = Trainer(dataset_uri, out_dir, cfg, reporter=reporter, storage_options=storage_options)
+    try:
+        if resume:
+            trainer.resume()
+        return trainer.run()
+    finally:
+        ddp.teardown(trainer.dist)
+
+
+class IndexSampler:
+    """Batches of dataset indices drawn on the device, identical on all ranks, then sharded.
+
+    Uniform: consecutive slices of shuffled epochs (each image once per epoch). Balanced: draws
+    with replacement, weighted so each (city, type) class comes up equally often.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        generator: torch.Generator,
+        info: ddp.DistInfo,
+        weights: Tensor | None = None,
+    ) -> None:
+        self.n, self.batch_size, self.generator, self.info = n, batch_size, generator, info
+        self.weights = weights
+        self.pending = torch.empty(0, dtype=torch.long, device=generator.device)
+
+    def next(self) -> Tensor:
+        global_batch = self.batch_size * self.info.world_size
+        if self.weights is not None:
+            drawn = torch.multinomial(self.weights, global_batch, True, generator=self.generator)
+        else:
+            while self.pending.numel() < global_batch:
+                order = torch.randperm(self.n, generator=self.generator, device=self.pending.device)
+                self.pending = torch.cat([self.pending, order])
+            drawn, self.pending = self.pending[:global_batch], self.pending[global_batch:]
+        start = self.info.rank * self.batch_size
+        return drawn[start : start + self.batch_size]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state(), "pending": self.pending.cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+        self.pending = state["pending"].to(self.pending.device)
+
+
+class Trainer:
+    """All training state, one step function and the loop around it."""
+
+    def __init__(
+        self,
+        dataset_uri: str,
+        out_dir: str,
+        cfg: GanSettings,
+        *,
+        reporter: Reporter | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.cfg, self.storage_options = cfg, storage_options
+        self.out_dir = storage.normalize_uri(out_dir)
+        self.dist, self.device = ddp.setup(cfg.device)
+        self.reporter = reporter if self.dist.is_main else None
+        self.dtype = resolve_precision(cfg.precision, self.device)
+        self.memory_format = (
+            torch.channels_last
+            if cfg.channels_last and self.device.type == "cuda"
+            else torch.contiguous_format
+        )
+        configure_torch(cfg, self.device)
+        torch.manual_seed(cfg.seed)
+
+        data = load_packed(dataset_uri, storage_options)
+        if data.image_size != cfg.image_size:
+            raise ValueError(
+                f"dataset {data.dataset_id} holds {data.image_size}px images, "
+                f"but image_size is {cfg.image_size}: prepare it at {cfg.image_size}"
+            )
+        self.dataset_id, self.vocab = data.dataset_id, data.vocab
+        self.spec = ModelSpec(
+            image_size=data.image_size,
+            n_cities=len(data.cities),
+            n_types=len(data.image_types),
+            z_dim=cfg.z_dim,
+            width=cfg.width,
+            embed_dim=cfg.embed_dim,
+            hierarchical_z=cfg.hierarchical_z,
+        )
+        self._load_data(data)
+        self._build_networks()
+        self._build_randomness()
+        self.step = 0
+        self.nimg = 0
+        self.train_seconds = 0.0
+        self.lr_scale = 1.0
+        self.rollbacks = 0
+        self.stats = losses.Stats()
+        self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._nan_injected = False
+        self.last_checkpoint = ""
+        self.checkpoint_step = -1
+        self.last_metrics: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------- set-up
+    def _load_data(self, data: PackedDataset) -> None:
+        # NHWC bytes viewed as NCHW: the channels_last layout, converted per batch.
+        self.images = torch.from_numpy(data.images).to(self.device).permute(0, 3, 1, 2)
+        self.city = torch.from_numpy(data.city).to(self.device)
+        self.image_type = torch.from_numpy(data.image_type).to(self.device)
+        classes = self.city * self.spec.n_types + self.image_type
+        counts = torch.bincount(classes, minlength=self.spec.n_cities * self.spec.n_types)
+        self.classes = [divmod(int(c), self.spec.n_types) for c in torch.nonzero(counts).flatten()]
+        self.sample_weights = (1.0 / counts[classes].double()) if self.cfg.balanced else None
+
+    def _build_networks(self) -> None:
+        cfg, device, fmt = self.cfg, self.device, self.memory_format
+        self.G = Generator(self.spec).to(device, memory_format=fmt)
+        self.D = Discriminator(self.spec).to(device, memory_format=fmt)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=cfg.adam_betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.adam_betas)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        compile_ = torch.compile if cfg.compile else _identity
+        # Raw modules for the phase where the other network trains (no DDP gradient sync).
+        self.g_frozen, self.d_frozen = compile_(self.G), compile_(self.D)
+        if self.dist.enabled:
+            self.g_train = compile_(ddp.wrap(self.G, self.dist, device))
+            self.d_train = compile_(ddp.wrap(self.D, self.dist, device))
+        else:
+            self.g_train, self.d_train = self.g_frozen, self.d_frozen
+
+    def _build_randomness(self) -> None:
+        seed, rank = self.cfg.seed, self.dist.rank
+        self.sampler = IndexSampler(
+            len(self.images),
+            self.cfg.batch_size,
+            _generator(self.device, seed, "index"),  # the same on every rank
+            self.dist,
+            self.sample_weights,
+        )
+        self.noise = _generator(self.device, seed, "noise", rank)
+        self.augment = DiffAugment(self.cfg.diffaugment, _generator(self.device, seed, "aug", rank))
+        grid_gen = _generator(torch.device("cpu"), seed, "grid")
+        self.grid_z = torch.randn(self.cfg.grid_per_class, self.spec.z_dim, generator=grid_gen)
+
+    # ------------------------------------------------------------------------------ steps
+    @property
+    def total_steps(self) -> int:
+        if self.cfg.steps is not None:
+            return self.cfg.steps
+        return math.ceil(self.cfg.kimg * 1000 / (self.cfg.batch_size * self.dist.world_size))
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        )
+
+    def real_batch(self, index: Tensor) -> Tensor:
+        images = self.images[index].to(torch.float32).div_(127.5).sub_(1)
+        images = images.contiguous(memory_format=self.memory_format)
+        return xflip(images, self.augment.generator) if self.cfg.xflip else images
+
+    def latents(self, n: int) -> Tensor:
+        return torch.randn(n, self.spec.z_dim, generator=self.noise, device=self.device)
+
+    def train_step(self, measure: bool = False) -> None:
+        """``d_steps`` D updates, one G update, one EMA update; ``measure`` adds grad norms."""
+        batch = self.cfg.batch_size
+        for _ in range(self.cfg.d_steps):
+            index = self.sampler.next()
+            city, image_type = self.city[index], self.image_type[index]
+            real = self.real_batch(index)
+            with torch.no_grad(), self.autocast():
+                fake = self.g_frozen(self.latents(batch), city, image_type)
+            with self.autocast():
+                both = self.augment(torch.cat([real, fake.to(real.dtype)]))
+                logits = self.d_train(both, city.repeat(2), image_type.repeat(2)).float()
+            d_loss = losses.d_main(logits[:batch], logits[batch:], self.stats)
+            self._update(self.opt_d, self._inject_nan(d_loss), self.D, "d", measure)
+
+        self.D.requires_grad_(False)
+        with self.autocast():
+            fake = self.g_train(self.latents(batch), city, image_type)
+            logits = self.d_frozen(self.augment(fake), city, image_type).float()
+        g_loss = losses.g_main(logits, self.stats)
+        self._update(self.opt_g, g_loss, self.G, "g", measure)
+        self.D.requires_grad_(True)
+
+        self.nimg += batch * self.dist.world_size
+        self.step += 1
+        self._update_ema()
+
+    def _update(
+        self, opt: torch.optim.Optimizer, loss: Tensor, net: nn.Module, name: str, measure: bool
+    ) -> None:
+        bad = ~torch.isfinite(loss) | (loss.abs() > self.cfg.guard_max_abs_loss)
+        self._bad = self._bad | bad
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if measure:
+            self.scaler.unscale_(opt)
+            grads = [p.grad for p in net.parameters() if p.grad is not None]
+            self.stats.add(
+                f"grad_norm/{name}",
+                torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+                ),
+            )
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    def _inject_nan(self, loss: Tensor) -> Tensor:
+        if self.cfg.inject_nan_at_step == self.step and not self._nan_injected:
+            self._nan_injected = True  # once: the replay after the rollback runs clean
+            return loss * float("nan")
+        return loss
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        ema_nimg = self.cfg.ema_kimg * 1000
+        if self.cfg.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, self.nimg * self.cfg.ema_rampup)
+        beta = 0.5 ** (self.cfg.batch_size * self.dist.world_size / max(ema_nimg, 1e-8))
+        ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
+        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+        for ema_buffer, buffer in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    # ------------------------------------------------------------------------------- loop
+    def run(self) -> TrainResult:
+        """Train until the step budget (or the wall-clock budget) is spent."""
+        cfg = self.cfg
+        self._report_params()
+        snapshot = self.state_dict(clone=True)
+        started = last_checkpoint = last_log = time.monotonic()
+        start_nimg = log_nimg = self.nimg
+        while self.step < self.total_steps:
+            tick = time.monotonic()
+            log_due = (self.step + 1) % cfg.log_every == 0
+            self.train_step(measure=log_due)
+            self.train_seconds += time.monotonic() - tick
+            checkpoint_due = bool(cfg.checkpoint_every_steps) and (
+                self.step % cfg.checkpoint_every_steps == 0
+            )
+            snapshot_due = self.step % cfg.snapshot_every == 0
+            if not (log_due or checkpoint_due or snapshot_due or self.step == self.total_steps):
+                continue
+            now = time.monotonic()
+            bad, time_up, checkpoint_time = self._agree(
+                bool(self._bad),
+                cfg.max_minutes is not None and self.train_seconds >= cfg.max_minutes * 60,
+                now - last_checkpoint >= cfg.checkpoint_every_minutes * 60,
+            )
+            if bad:
+                self._rollback(snapshot)
+                continue
+            snapshot = self.state_dict(clone=True)
+            if log_due:
+                speed = (self.nimg - log_nimg) / max(now - last_log, 1e-9)
+                self._report_metrics(speed)
+                last_log, log_nimg = now, self.nimg
+            if snapshot_due and self.reporter:
+                self.reporter.image("samples", self.sample_grid(), self.step)
+            if checkpoint_due or checkpoint_time:
+                self.save_checkpoint()
+                last_checkpoint = time.monotonic()
+            if time_up:
+                break
+        return self._finish(time.monotonic() - started, self.nimg - start_nimg)
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Decisions all ranks take together: any rank's bad loss; rank 0's clock."""
+        bad = ddp.reduce_flags(torch.tensor([flags[0]], dtype=torch.int32), self.dist)
+        clock = ddp.broadcast(torch.tensor(flags[1:], dtype=torch.int32), self.dist)
+        return [bool(bad[0]), *(bool(v) for v in clock)]
+
+    def _rollback(self, snapshot: Mapping[str, Any]) -> None:
+        self.rollbacks += 1
+        if self.rollbacks > self.cfg.guard_max_rollbacks:
+            raise TrainingDiverged(
+                f"non-finite or exploding loss after {self.rollbacks - 1} rollbacks "
+                f"(guard_max_rollbacks={self.cfg.guard_max_rollbacks}) at step {self.step}; "
+                f"lower g_lr/d_lr (now x{self.lr_scale:g}) or check the data"
+            )
+        failed_at, rollbacks = self.step, self.rollbacks
+        lr_scale = self.lr_scale * self.cfg.guard_lr_factor
+        self.load_state_dict(_clone_tensors(snapshot))  # optimizers would alias its tensors
+        self.rollbacks, self.lr_scale = rollbacks, lr_scale
+        self._apply_lr()
+        self._bad.zero_()
+        self.stats.reset()
+        if self.reporter:
+            self.reporter.metrics(
+                {"guard/rollbacks": float(rollbacks), "guard/lr_scale": lr_scale}, failed_at
+            )
+
+    def _finish(self, seconds: float, images: int) -> TrainResult:
+        if self.checkpoint_step != self.step:
+            self.save_checkpoint()
+        weights_uri = storage.join(self.out_dir, "g_ema.safetensors")
+        if self.dist.is_main:
+            from housegan.gan import serving
+
+            serving.save_model_dir(
+                self.G_ema, self.spec, self.vocab, self.out_dir, self.storage_options
+            )
+            if self.reporter and self.step % self.cfg.snapshot_every:  # else just reported
+                self.reporter.image("samples", self.sample_grid(), self.step)
+        return TrainResult(
+            out_dir=self.out_dir,
+            checkpoint_uri=self.last_checkpoint,
+            step=self.step,
+            kimg=self.nimg / 1000,
+            spec=self.spec,
+            vocab=self.vocab,
+            g_ema_state_path=weights_uri,
+            dataset_id=self.dataset_id,
+            rollbacks=self.rollbacks,
+            seconds=seconds,
+            images_per_second=images / max(seconds, 1e-9),
+            metrics=dict(self.last_metrics),
+        )
+
+    # -------------------------------------------------------------------------- reporting
+    def _report_params(self) -> None:
+        if self.reporter:
+            params = {f"gan.{k}": v for k, v in self.cfg.model_dump(mode="json").items()}
+            params.update({f"spec.{k}": v for k, v in asdict(self.spec).items()})
+            params.update(dataset_id=self.dataset_id, world_size=self.dist.world_size)
+            self.reporter.params(params)
+
+    def _report_metrics(self, images_per_second: float) -> None:
+        names = self.stats.names()
+        means = ddp.reduce_mean(self.stats.means(), self.dist).tolist() if names else []
+        self.stats.reset()
+        metrics = dict(zip(names, means, strict=True))
+        metrics.update(
+            {
+                "speed/img_per_s": images_per_second,
+                "lr/g": self.opt_g.param_groups[0]["lr"],
+                "lr/d": self.opt_d.param_groups[0]["lr"],
+                "progress/kimg": self.nimg / 1000,
+                "guard/rollbacks": float(self.rollbacks),
+            }
+        )
+        self.last_metrics = metrics
+        if self.reporter:
+            self.reporter.metrics(metrics, self.step)
+
+    def sample_grid(self) -> Image.Image:
+        """G_ema's images for the fixed latents, one row per (city, type) in the data."""
+        return sample_grid(self.G_ema, self.vocab, self.grid_z, self.classes)
+
+    # ------------------------------------------------------------------------------ state
+    def state_dict(self, clone: bool = False) -> dict[str, Any]:
+        """The full training state; ``clone`` copies tensors (an in-memory rollback point).
+
+        Collective under DDP (per-rank generator states are gathered): all ranks call it.
+        """
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "nimg": self.nimg,
+            "train_seconds": self.train_seconds,
+            "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.global_rng_state(),
+            "sampler": self.sampler.state_dict(),
+            "noise": ddp.all_gather(self.noise.get_state(), self.dist),
+            "augment": ddp.all_gather(self.augment.generator.get_state(), self.dist),
+            "world_size": self.dist.world_size,
+            "config": self.cfg.model_dump(mode="json"),
+            "spec": asdict(self.spec),
+            "vocab": self.vocab,
+            "dataset_id": self.dataset_id,
+        }
+        return _clone_tensors(state) if clone else state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint: {state.get('format')!r}")
+        if state["dataset_id"] != self.dataset_id or state["spec"] != asdict(self.spec):
+            raise ValueError(
+                f"checkpoint was trained on dataset {state['dataset_id']} with {state['spec']}; "
+                f"this run has dataset {self.dataset_id} with {asdict(self.spec)}"
+            )
+        for key in ("step", "nimg", "train_seconds", "lr_scale", "rollbacks"):
+            setattr(self, key, state[key])
+        for key in ("G", "D", "G_ema", "opt_g", "opt_d", "scaler"):
+            getattr(self, key).load_state_dict(state[key])
+        checkpoint.set_global_rng_state(state["rng"])
+        self.sampler.load_state_dict(state["sampler"])
+        rank = self.dist.rank
+        if state["world_size"] == self.dist.world_size:
+            self.noise.set_state(state["noise"][rank])
+            self.augment.generator.set_state(state["augment"][rank])
+        else:  # other ranks: fresh streams, derived from the step so they never repeat
+            self.noise.manual_seed(_seed(self.cfg.seed, "noise", rank, self.step))
+            self.augment.generator.manual_seed(_seed(self.cfg.seed, "aug", rank, self.step))
+
+    def save_checkpoint(self) -> str:
+        state = self.state_dict()
+        self.checkpoint_step = self.step
+        if self.dist.is_main:
+            self.last_checkpoint = checkpoint.save(
+                state, self.out_dir, self.step, self.cfg.checkpoint_keep, self.storage_options
+            )
+        return self.last_checkpoint
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint of out_dir, if any; returns whether one was found."""
+        uri = checkpoint.latest(self.out_dir, self.storage_options)
+        if uri is None:
+            return False
+        self.load_state_dict(checkpoint.load(uri, self.storage_options, map_location=self.device))
+        self._apply_lr()  # config LRs (x the guard's scale) win over the saved ones
+        self.last_checkpoint, self.checkpoint_step = uri, self.step
+        return True
+
+    def _apply_lr(self) -> None:
+        for opt, base in ((self.opt_g, self.cfg.g_lr), (self.opt_d, self.cfg.d_lr)):
+            for group in opt.param_groups:
+                group["lr"] = base * self.lr_scale
+
+
+@torch.no_grad()
+def sample_grid(
+    g: Generator,
+    vocab: Mapping[str, Sequence[str]],
+    z: Tensor,
+    classes: Sequence[tuple[int, int]] | None = None,
+    label_width: int = 120,
+) -> Image.Image:
+    """A grid of ``g``'s images: one row per (city, type) class, one column per latent in z.
+
+    Rows are labelled "city / type"; ``classes`` defaults to every combination.
+    """
+    from torchvision.utils import make_grid
+
+    if classes is None:
+        classes = [
+            (c, t) for c in range(len(vocab["city"])) for t in range(len(vocab["image_type"]))
+        ]
+    device = next(g.parameters()).device
+    z = z.to(device)
+    was_training = g.training
+    g.eval()
+    rows = []
+    for city, image_type in classes:
+        cities = torch.full((len(z),), city, dtype=torch.long, device=device)
+        types = torch.full((len(z),), image_type, dtype=torch.long, device=device)
+        rows.append(g(z, cities, types).float().cpu())
+    g.train(was_training)
+    tiles = make_grid(torch.cat(rows), nrow=len(z), padding=2, normalize=True, value_range=(-1, 1))
+    pixels = tiles.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    body = Image.fromarray(pixels)
+    canvas = Image.new("RGB", (body.width + label_width, body.height), "white")
+    canvas.paste(body, (label_width, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_height = body.height / len(classes)
+    for row, (city, image_type) in enumerate(classes):
+        text = f"{vocab['city'][city]} / {vocab['image_type'][image_type]}"
+        draw.text((4, row * row_height + row_height / 2 - 5), text[:20], fill="black")
+    return canvas
+
+
+# ---------------------------------------------------------------------------------- helpers
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 autocast on CUDA and plain fp32 on CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} not in {['auto', *PRECISIONS]}")
+    return PRECISIONS[precision]
+
+
+def configure_torch(cfg: GanSettings, device: torch.device) -> None:
+    """Threads and determinism on CPU (bitwise resumes); fast kernels on CUDA unless asked."""
+    if device.type == "cpu" and cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    if device.type == "cpu" or cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def _seed(*parts: object) -> int:
+    """A 63-bit seed derived from any parts (stable across processes, unlike hash())."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _generator(device: torch.device, *parts: object) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(_seed(*parts))
+
+
+def _identity(module: nn.Module) -> Callable[..., Tensor]:
+    return module
+
+
+def _clone_tensors(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, Mapping):
+        return {k: _clone_tensors(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_clone_tensors(v) for v in value)
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m housegan.gan.train DATASET OUT [--resume] [field=value ...]`` (GanSettings)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    resume = "--resume" in args
+    args = [a for a in args if a != "--resume"]
+    if len(args) < 2:
+        raise SystemExit(main.__doc__)
+    dataset_uri, out_dir, *overrides = args
+    fields = dict(item.split("=", 1) for item in overrides)
+    cfg = GanSettings.model_validate({k: None if v == "None" else v for k, v in fields.items()})
+    result = train(dataset_uri, out_dir, cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"step {result.step} kimg {result.kimg:.2f} -> {result.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Hinge loss, by phase: ``d_main`` trains D, ``g_main`` trains G.
+
+Each phase reports its statistics where they are computed, into a ``Stats`` collector that
+keeps running sums on the device (no host sync per step); the training loop decides when to
+read them and where they go.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Stats:
+    """Running means of named scalars, accumulated on the device."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, name: str, value: Tensor) -> None:
+        value = value.detach().float()
+        self._sums[name] = self._sums[name] + value if name in self._sums else value.clone()
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def names(self) -> list[str]:
+        return sorted(self._sums)
+
+    def means(self) -> Tensor:
+        """The means in ``names()`` order, as one tensor (one transfer to read them all)."""
+        return torch.stack([self._sums[n] / self._counts[n] for n in self.names()])
+
+    def reset(self) -> None:
+        self._sums.clear()
+        self._counts.clear()
+
+
+def d_main(d_real: Tensor, d_fake: Tensor, stats: Stats | None = None) -> Tensor:
+    """D's hinge loss: push real logits above +1 and fake logits below -1."""
+    loss_real = F.relu(1 - d_real).mean()
+    loss_fake = F.relu(1 + d_fake).mean()
+    loss = loss_real + loss_fake
+    if stats is not None:
+        stats.add("loss/d", loss)
+        stats.add("loss/d_real", loss_real)
+        stats.add("loss/d_fake", loss_fake)
+        stats.add("d/real", d_real.mean())
+        stats.add("d/fake", d_fake.mean())
+    return loss
+
+
+def g_main(d_fake: Tensor, stats: Stats | None = None) -> Tensor:
+    """G's hinge loss: raise D's logits on fakes."""
+    loss = -d_fake.mean()
+    if stats is not None:
+        stats.add("loss/g", loss)
+    return loss
