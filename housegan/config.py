@@ -119,7 +119,7 @@ class CurateSettings(BaseModel):
         0.92, description="overexposed: 5th pct brightness above this"
     )
     blurry_threshold: float = Field(
-        0.003, description="blurry: variance of the Laplacian of gray in [0, 1] below this"
+        0.02, description="blurry: variance of the Laplacian / variance of gray below this"
     )
     low_information_threshold: float = Field(
         3.0, description="low information: grayscale histogram entropy (bits) below this"

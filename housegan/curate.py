@@ -1,0 +1,683 @@
+"""The filtering funnel and the curated manifest.
+
+Per (city, image type) every object passes, or is dropped at, these stages in order:
+
+    objects -> valid -> unique -> not near-duplicate -> wanted type -> good quality
+            -> inlier (= training set)
+
+``drop_reason`` names the first stage a row failed. The curated manifest is the image manifest
+plus every score behind those decisions, written as a new version of ``manifests/curated``.
+
+The stage functions here take and return URIs so each can run as its own task:
+``filter_manifest`` (needs the cluster and type runs and the quality scores) writes a staged
+run under ``<store>/curate/``; ``publish`` makes it the latest curated manifest; ``curate``
+runs the whole stage in one process (the CLI).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.neighbors import NearestNeighbors
+
+from housegan import cluster, labels, manifest, quality, storage
+from housegan.config import ClusterSettings, CurateSettings, Settings
+from housegan.manifest import IMAGE_MANIFEST_SCHEMA, Status
+
+CURATED_COLLECTION = "manifests/curated"
+CURATE_RUNS_DIR = "curate"
+STAGES = (
+    "objects",
+    "valid",
+    "unique",
+    "not_near_duplicate",
+    "wanted_type",
+    "good_quality",
+    "training_set",
+)
+# drop_reason for a row that passed stage i-1 but not stage i (STAGES[i]).
+DROP_REASONS = ("invalid", "duplicate", "near_duplicate", "unwanted_type", "low_quality", "outlier")
+FLAG_COLUMNS = tuple(f"is_{flag}" for flag in quality.QUALITY_FLAGS)
+
+CURATED_SCHEMA = pa.schema(
+    [
+        *IMAGE_MANIFEST_SCHEMA,
+        pa.field("image_type", pa.string(), nullable=False),
+        pa.field("type_confidence", pa.float32()),
+        pa.field("type_margin", pa.float32()),
+        pa.field("type_source", pa.string()),
+        pa.field("cluster", pa.int32()),
+        pa.field("cluster_distance", pa.float32()),
+        *(pa.field(name, pa.float32()) for name in quality.SCORE_COLUMNS),
+        pa.field("aspect_ratio", pa.float32()),
+        pa.field("quality_error", pa.string()),
+        *(pa.field(name, pa.bool_(), nullable=False) for name in FLAG_COLUMNS),
+        pa.field("near_dup_of", pa.string()),
+        pa.field("near_dup_cosine", pa.float32()),
+        pa.field("outlier_score", pa.float32()),
+        pa.field("is_outlier", pa.bool_(), nullable=False),
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("drop_reason", pa.string()),
+    ],
+    metadata={"housegan.manifest": "curated", "housegan.schema_version": "1"},
+)
+
+
+# --- near-duplicates ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    near_dup_of: np.ndarray  # per row: key of the kept photo of its group, or None
+    cosine: np.ndarray  # per row: highest cosine to another row (nearest neighbour)
+    threshold: float
+    calibrated: bool
+    groups: int
+
+
+def neighbours(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine and index of each row's ``k`` nearest other rows (unit vectors in).
+
+    sklearn's brute search works through the distance matrix in chunks (``working_memory``),
+    so memory stays bounded however many rows there are.
+    """
+    k = min(k, len(unit) - 1)
+    search = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(unit)
+    distance, index = search.kneighbors(unit)
+    own = index == np.arange(len(unit))[:, None]
+    # Drop each row's own entry (usually first; not always when another row is identical).
+    keep = ~own
+    keep[own.sum(axis=1) == 0, -1] = False
+    distance = distance[keep].reshape(len(unit), k)
+    index = index[keep].reshape(len(unit), k)
+    return 1.0 - distance**2 / 2.0, index
+
+
+def calibrate_threshold(cosine: np.ndarray, cfg: CurateSettings) -> float:
+    """A cosine above which two photos count as near-duplicates, from the data itself.
+
+    A photo's k-th nearest neighbour is, for all but groups of k+ copies, a distinct photo; a
+    high percentile of that similarity is what distinct photos reach under this model tag.
+    """
+    kth = cosine[:, -1]
+    return float(
+        min(
+            0.9999,
+            max(cfg.near_duplicate_min_cosine, np.percentile(kth, cfg.near_duplicate_percentile)),
+        )
+    )
+
+
+def find_near_duplicates(
+    keys: np.ndarray, reduced: np.ndarray, cfg: CurateSettings
+) -> NearDuplicates:
+    """Group photos whose centred, projected embeddings are closer than the threshold.
+
+    Groups are connected components of the thresholded k-NN graph; the first key of each
+    group is kept and the others point at it.
+    """
+    n = len(keys)
+    empty = np.full(n, None, dtype=object)
+    if n < 2:
+        return NearDuplicates(empty, np.full(n, np.nan), cfg.near_duplicate_cosine or 1.0, False, 0)
+    unit = cluster.normalize_rows(reduced)
+    cosine, index = neighbours(unit, max(cfg.knn_k, 1))
+    calibrated = cfg.near_duplicate_cosine is None
+    threshold = calibrate_threshold(cosine, cfg) if calibrated else cfg.near_duplicate_cosine
+    rows, cols = np.nonzero(cosine >= threshold)
+    graph = coo_matrix((np.ones(len(rows)), (rows, index[rows, cols])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    order = np.argsort(keys.astype(str), kind="stable")
+    first_of = pd.Series(order, index=component[order]).groupby(level=0).first()
+    keeper = first_of.loc[component].to_numpy()
+    near_dup_of = np.where(keeper != np.arange(n), keys[keeper], None)
+    sizes = np.bincount(component)
+    return NearDuplicates(near_dup_of, cosine[:, 0], threshold, calibrated, int((sizes > 1).sum()))
+
+
+# --- outliers ---------------------------------------------------------------------------------
+
+
+def outlier_scores(
+    reduced: np.ndarray, groups: pd.Series, cfg: CurateSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: mean distance to its k nearest neighbours within its group, divided by the
+    group's median of that, and whether it is above the group's ``outlier_percentile``.
+
+    Groups smaller than ``outlier_min_group`` are too small to judge: no score, no outlier.
+    """
+    scores = np.full(len(reduced), np.nan, dtype=np.float32)
+    is_outlier = np.zeros(len(reduced), dtype=bool)
+    for _, members in groups.groupby(groups, sort=True).groups.items():
+        rows = np.asarray(groups.index.get_indexer(members))
+        if len(rows) < max(cfg.outlier_min_group, cfg.knn_k + 2):
+            continue
+        cosine, _ = neighbours(cluster.normalize_rows(reduced[rows]), cfg.knn_k)
+        distance = np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0)).mean(axis=1)
+        score = distance / max(float(np.median(distance)), 1e-12)
+        scores[rows] = score
+        is_outlier[rows] = score > np.percentile(score, cfg.outlier_percentile)
+    return scores, is_outlier
+
+
+# --- the funnel -------------------------------------------------------------------------------
+
+
+def stage_masks(frame: pd.DataFrame, wanted_types: tuple[str, ...]) -> dict[str, pd.Series]:
+    """Which rows reach each stage (each mask implies the previous one)."""
+    valid = frame["status"].isin([Status.OK, Status.DUPLICATE])
+    unique = valid & (frame["status"] == Status.OK)
+    not_near_dup = unique & frame["near_dup_of"].isna()
+    wanted = not_near_dup & frame["image_type"].isin(wanted_types)
+    good = wanted & ~frame[list(FLAG_COLUMNS)].any(axis=1) & frame["quality_error"].isna()
+    inlier = good & ~frame["is_outlier"]
+    values = (pd.Series(True, index=frame.index), valid, unique, not_near_dup, wanted, good, inlier)
+    return dict(zip(STAGES, values, strict=True))
+
+
+def drop_reasons(masks: Mapping[str, pd.Series]) -> pd.Series:
+    """The first stage each row failed, named by ``DROP_REASONS``; None for kept rows."""
+    reason = pd.Series(None, index=masks["objects"].index, dtype=object)
+    for stage, name in zip(STAGES[1:], DROP_REASONS, strict=True):
+        previous = STAGES[STAGES.index(stage) - 1]
+        reason[masks[previous] & ~masks[stage]] = name
+    return reason
+
+
+def funnel_table(frame: pd.DataFrame, wanted_types: tuple[str, ...]) -> pd.DataFrame:
+    """Rows reaching each stage per (city, image_type), then a total row."""
+    masks = stage_masks(frame, wanted_types)
+    counts = pd.DataFrame({stage: mask.astype(int) for stage, mask in masks.items()})
+    counts["city"] = frame["city"].fillna("?")
+    counts["image_type"] = frame["image_type"]
+    table = counts.groupby(["city", "image_type"], as_index=False)[list(STAGES)].sum()
+    total = pd.DataFrame([{"city": "ALL", "image_type": "ALL", **counts[list(STAGES)].sum()}])
+    return pd.concat([table, total], ignore_index=True)
+
+
+def funnel_totals(funnel: pd.DataFrame) -> dict[str, int]:
+    total = funnel[(funnel["city"] == "ALL") & (funnel["image_type"] == "ALL")].iloc[0]
+    return {stage: int(total[stage]) for stage in STAGES}
+
+
+# --- the filter stage -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    uri: str  # the staged curated frame (Parquet), not yet the latest curated manifest
+    run_uri: str
+    funnel: dict[str, int]
+    drop_counts: dict[str, int]
+    near_duplicate_cosine: float
+    near_duplicate_calibrated: bool
+    near_duplicate_groups: int
+    galleries: dict[str, str] = field(default_factory=dict)  # drop reason -> PNG URI
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def assemble(
+    images: pd.DataFrame,
+    clusters: pd.DataFrame,
+    types: pd.DataFrame,
+    scores: pd.DataFrame,
+    cfg: CurateSettings,
+) -> pd.DataFrame:
+    """The image manifest joined with the per-content columns (cluster, type, quality)."""
+    frame = images.reset_index(drop=True)
+    frame = frame.merge(clusters, on="sha256", how="left", validate="many_to_one")
+    frame["cluster"] = frame["cluster"].astype("Int32")
+    frame = frame.merge(types, on="sha256", how="left", validate="many_to_one")
+    score_cols = ["sha256", *quality.SCORE_COLUMNS, "error"]
+    scored = scores[score_cols].rename(columns={"error": "quality_error"})
+    frame = frame.merge(scored, on="sha256", how="left", validate="many_to_one")
+    frame["image_type"] = frame["image_type"].fillna(cluster.UNKNOWN_TYPE)
+    frame["type_source"] = frame["type_source"].fillna("none")
+    frame["aspect_ratio"] = (
+        np.maximum(frame["width"], frame["height"]) / np.minimum(frame["width"], frame["height"])
+    ).astype("float64")
+    flags = quality.flag_frame(frame, frame["width"], frame["height"], cfg)
+    for flag in quality.QUALITY_FLAGS:
+        # Flags not listed in drop_flags are recorded in the scores, not acted on.
+        frame[f"is_{flag}"] = flags[flag] & (flag in cfg.drop_flags)
+    return frame
+
+
+def decide(frame: pd.DataFrame, reduced: np.ndarray, cfg: CurateSettings) -> NearDuplicates:
+    """Fill near-duplicate, outlier, keep and drop_reason columns in place.
+
+    ``reduced`` holds the PCA rows of ``frame`` (NaN where a row has no embedding).
+    """
+    embedded = frame["cluster"].notna() & (frame["status"] == Status.OK)
+    rows = np.flatnonzero(embedded.to_numpy())
+    near = find_near_duplicates(frame["key"].to_numpy()[rows], reduced[rows], cfg)
+    frame["near_dup_of"] = None
+    frame.loc[rows, "near_dup_of"] = near.near_dup_of
+    frame["near_dup_cosine"] = np.nan
+    frame.loc[rows, "near_dup_cosine"] = near.cosine
+    frame["is_outlier"] = False
+    masks = stage_masks(frame, cfg.wanted_types)
+    candidates = np.flatnonzero(masks["good_quality"].to_numpy())
+    groups = frame["city"].fillna("?") + "/" + frame["image_type"]
+    scores, is_outlier = outlier_scores(
+        reduced[candidates], groups.iloc[candidates].reset_index(drop=True), cfg
+    )
+    frame["outlier_score"] = np.nan
+    frame.loc[candidates, "outlier_score"] = scores
+    frame.loc[candidates, "is_outlier"] = is_outlier
+    masks = stage_masks(frame, cfg.wanted_types)
+    frame["keep"] = masks["training_set"]
+    frame["drop_reason"] = drop_reasons(masks)
+    return near
+
+
+def filter_manifest(
+    manifest_uri: str,
+    clusters_uri: str,
+    types_uri: str,
+    store_uri: str,
+    cfg: CurateSettings,
+    storage_options: Mapping[str, Any] | None = None,
+    thumb_size: int = 96,
+) -> FilterResult:
+    """Run the funnel and stage the curated frame (plus funnel table and galleries)."""
+    images = manifest.read(manifest.resolve(manifest_uri, storage_options), storage_options)
+    cluster_frame, pca = cluster.read_clusters(clusters_uri, storage_options)
+    types, _ = labels.read_types(types_uri, storage_options)
+    scores = quality.load_scores(store_uri, images["sha256"].dropna().unique(), storage_options)
+    frame = assemble(images, cluster_frame, types, scores, cfg)
+    position = pd.Index(cluster_frame["sha256"]).get_indexer(frame["sha256"])
+    reduced = np.full((len(frame), pca.shape[1]), np.nan, dtype=np.float32)
+    reduced[position >= 0] = pca[position[position >= 0]]
+    near = decide(frame, reduced, cfg)
+    funnel = funnel_table(frame, cfg.wanted_types)
+    run_uri = storage.join(store_uri, CURATE_RUNS_DIR, storage.new_version_name(""))
+    staged = storage.join(run_uri, "curated.parquet")
+    _write_parquet(frame, CURATED_SCHEMA, staged, storage_options)
+    _write_parquet(funnel, None, storage.join(run_uri, "funnel.parquet"), storage_options)
+
+    def loader(uri: str):
+        return quality.load_image(uri, thumb_size, storage_options)
+
+    galleries = dropped_galleries(frame, run_uri, cfg, loader, thumb_size, storage_options)
+    result = FilterResult(
+        uri=staged,
+        run_uri=run_uri,
+        funnel=funnel_totals(funnel),
+        drop_counts={r: int((frame["drop_reason"] == r).sum()) for r in DROP_REASONS},
+        near_duplicate_cosine=near.threshold,
+        near_duplicate_calibrated=near.calibrated,
+        near_duplicate_groups=near.groups,
+        galleries=galleries,
+    )
+    summary = json.dumps(result.as_dict(), indent=2).encode()
+    storage.write_bytes_atomic(storage.join(run_uri, "summary.json"), summary, storage_options)
+    return result
+
+
+def dropped_galleries(
+    frame: pd.DataFrame,
+    run_uri: str,
+    cfg: CurateSettings,
+    load_thumbnail: Callable[[str], Any],
+    thumb_size: int,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """A labelled grid PNG of (a seeded sample of) the photos dropped for each reason."""
+    galleries = {}
+    for reason in DROP_REASONS:
+        if reason == "invalid" or cfg.gallery_size == 0:
+            continue  # invalid objects have no picture to show
+        dropped = frame[frame["drop_reason"] == reason].sort_values("key")
+        if dropped.empty:
+            continue
+        sample = dropped.sample(min(cfg.gallery_size, len(dropped)), random_state=0)
+        images, captions = [], []
+        for row in sample.itertuples():
+            try:
+                images.append(load_thumbnail(row.uri))
+            except Exception:  # a gallery never fails the stage
+                continue
+            captions.append(f"{row.image_type} {_caption(row, reason)}")
+        title = f"dropped: {reason} ({len(dropped)} photos, {len(images)} shown)"
+        grid = cluster.image_grid(images, captions, ncols=8, tile=thumb_size, title=title)
+        galleries[reason] = storage.join(run_uri, f"dropped-{reason}.png")
+        storage.write_bytes_atomic(galleries[reason], cluster.png_bytes(grid), storage_options)
+    return galleries
+
+
+def _caption(row: Any, reason: str) -> str:
+    if reason == "near_duplicate":
+        return f"cos {row.near_dup_cosine:.3f}"
+    if reason == "outlier":
+        return f"score {row.outlier_score:.2f}"
+    if reason == "low_quality":
+        flags = [flag for flag in quality.QUALITY_FLAGS if getattr(row, f"is_{flag}")]
+        return ",".join(flags) or "unreadable"
+    return ""
+
+
+def _write_parquet(
+    frame: pd.DataFrame,
+    schema: pa.Schema | None,
+    uri: str,
+    storage_options: Mapping[str, Any] | None,
+) -> None:
+    import pyarrow.parquet as pq
+
+    table = (
+        manifest.to_table(frame, schema)
+        if schema is not None
+        else pa.Table.from_pandas(frame, preserve_index=False)
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    storage.write_bytes_atomic(uri, buffer.getvalue(), storage_options)
+
+
+def publish(
+    staged_uri: str,
+    store_uri: str,
+    metadata: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Make a staged curated frame the latest version of ``manifests/curated``."""
+    frame = manifest.read(staged_uri, storage_options)
+    collection = manifest.collection_uri(store_uri, CURATED_COLLECTION)
+    return manifest.write_version(
+        frame,
+        collection,
+        CURATED_SCHEMA,
+        {"staged": staged_uri, **(metadata or {})},
+        storage_options,
+    )
+
+
+def read_funnel(run_uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    return manifest.read(storage.join(run_uri, "funnel.parquet"), storage_options)
+
+
+# --- the whole stage --------------------------------------------------------------------------
+
+
+def read_images(
+    manifest_uri: str, storage_options: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    return manifest.read(manifest.resolve(manifest_uri, storage_options), storage_options)
+
+
+def cluster_step(
+    manifest_uri: str,
+    store_uri: str,
+    tag: str,
+    cfg: ClusterSettings,
+    storage_options: Mapping[str, Any] | None = None,
+) -> cluster.ClusterResult:
+    """Cluster the embedded photos of a manifest (one row per content)."""
+    from housegan import embed  # torch: only when this step runs
+
+    photos = quality.scorable_rows(read_images(manifest_uri, storage_options))
+    sha256s, vectors = embed.load_embeddings(store_uri, tag, photos["sha256"], storage_options)
+    if len(sha256s) <= cfg.k:
+        raise ValueError(
+            f"{len(sha256s)} embedded photos under {tag}: clustering into k={cfg.k} needs more"
+        )
+    uri_of = dict(zip(photos["sha256"], photos["uri"], strict=True))
+
+    def thumbnail(uri: str) -> Any:
+        return quality.load_image(uri, cfg.thumb_size, storage_options)
+
+    return cluster.cluster_embeddings(
+        sha256s, vectors, uri_of, store_uri, cfg, thumbnail, storage_options
+    )
+
+
+@dataclass(frozen=True)
+class TypesResult:
+    uri: str
+    labels_used: int
+    classifier: dict[str, Any] | None  # labels.ClassifierReport.as_dict()
+    type_counts: dict[str, int]
+
+
+def types_step(
+    manifest_uri: str,
+    clusters_uri: str,
+    store_uri: str,
+    labels_uri: str | None,
+    cluster_cfg: ClusterSettings,
+    cfg: CurateSettings,
+    storage_options: Mapping[str, Any] | None = None,
+) -> TypesResult:
+    """Give every embedded photo an image type: labels, classifier, cluster mapping, unknown."""
+    images = read_images(manifest_uri, storage_options)
+    cluster_frame, pca = cluster.read_clusters(clusters_uri, storage_options)
+    label_table = labels.read_labels(labels_uri or labels.labels_uri(store_uri), storage_options)
+    labelled = labels.labels_by_content(label_table, images)
+    labelled = labelled[labelled.index.isin(cluster_frame["sha256"])]
+    types, report = labels.assign_types(
+        cluster_frame["sha256"].to_numpy(),
+        pca,
+        cluster_frame["cluster"].to_numpy(),
+        labelled,
+        cluster_cfg,
+        cfg,
+    )
+    uri = labels.write_types(types, report, store_uri, storage_options)
+    counts = {str(k): int(v) for k, v in types["image_type"].value_counts().items()}
+    return TypesResult(uri, len(labelled), report.as_dict() if report else None, counts)
+
+
+@dataclass(frozen=True)
+class CurateResult:
+    curated_uri: str
+    manifest_uri: str
+    embed: dict[str, Any]  # tag, computed, reused, failed
+    quality: dict[str, int]  # computed, reused
+    clusters: cluster.ClusterResult
+    types: TypesResult
+    filter: FilterResult
+    mlflow_run_id: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """What the CLI prints: the curated manifest, the funnel and what was recomputed."""
+        return {
+            "curated_manifest_uri": self.curated_uri,
+            "manifest_uri": self.manifest_uri,
+            "funnel": self.filter.funnel,
+            "drop_counts": self.filter.drop_counts,
+            "embedded": self.embed["computed"],
+            "embeddings_reused": self.embed["reused"],
+            "quality_scored": self.quality["computed"],
+            "near_duplicate_cosine": self.filter.near_duplicate_cosine,
+            "type_accuracy_cv": (self.types.classifier or {}).get("cv_accuracy"),
+            "mlflow_run_id": self.mlflow_run_id,
+        }
+
+
+def curate(
+    manifest_uri: str,
+    store_uri: str,
+    settings: Settings,
+    labels_uri: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    track: bool = True,
+) -> CurateResult:
+    """The whole curation stage in one process: embed, quality, cluster, types, filter,
+    publish, and (``track``) an MLflow run with the funnel, galleries and the dataset."""
+    from tqdm import tqdm
+
+    from housegan import embed
+
+    manifest_uri = manifest.resolve(manifest_uri, storage_options)
+    with tqdm(desc="embed", unit="photo", disable=not progress) as bar:
+        embedded = embed.embed_manifest(
+            manifest_uri,
+            store_uri,
+            settings.embed,
+            storage_options,
+            settings.embed.device,
+            bar.update,
+        )
+    with tqdm(desc="quality", unit="photo", disable=not progress) as bar:
+        scored = quality.compute_quality(
+            manifest_uri, store_uri, settings.curate, storage_options, _tqdm_progress(bar)
+        )
+    clusters = cluster_step(
+        manifest_uri, store_uri, embedded.tag, settings.cluster, storage_options
+    )
+    types = types_step(
+        manifest_uri,
+        clusters.uri,
+        store_uri,
+        labels_uri,
+        settings.cluster,
+        settings.curate,
+        storage_options,
+    )
+    filtered = filter_manifest(
+        manifest_uri,
+        clusters.uri,
+        types.uri,
+        store_uri,
+        settings.curate,
+        storage_options,
+        settings.cluster.thumb_size,
+    )
+    curated_uri = publish(
+        filtered.uri,
+        store_uri,
+        publish_metadata(manifest_uri, embedded.tag, filtered),
+        storage_options,
+    )
+    result = CurateResult(
+        curated_uri=curated_uri,
+        manifest_uri=manifest_uri,
+        embed={
+            "tag": embedded.tag,
+            "computed": embedded.computed,
+            "reused": embedded.reused,
+            "failed": len(embedded.failed),
+        },
+        quality={"computed": scored.computed, "reused": scored.reused},
+        clusters=clusters,
+        types=types,
+        filter=filtered,
+    )
+    if track:
+        run_id = log_curation(result, settings, labels_uri, storage_options)
+        result = replace(result, mlflow_run_id=run_id)
+    return result
+
+
+def _tqdm_progress(bar: Any) -> Callable[[int, int], None]:
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update
+
+
+def publish_metadata(manifest_uri: str, tag: str, filtered: FilterResult) -> dict[str, Any]:
+    return {
+        "source_manifest": manifest_uri,
+        "model_tag": tag,
+        "funnel": filtered.funnel,
+        "near_duplicate_cosine": filtered.near_duplicate_cosine,
+        "near_duplicate_calibrated": filtered.near_duplicate_calibrated,
+    }
+
+
+# --- tracking ---------------------------------------------------------------------------------
+
+
+def log_curation(
+    result: CurateResult,
+    settings: Settings,
+    labels_uri: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """One MLflow run: params, funnel metrics and table, classifier accuracy and confusion
+    matrix, cluster and dropped-photo galleries, the curated training set as the run input."""
+    from PIL import Image
+
+    from housegan import tracking
+
+    def image(uri: str) -> Image.Image:
+        return Image.open(io.BytesIO(storage.read_bytes(uri, storage_options)))
+
+    with tracking.start_run(
+        settings.mlflow_tracking_uri,
+        settings.mlflow_experiment,
+        run_name="curate",
+        tags={"housegan.stage": "curate"},
+    ) as run:
+        tracking.log_params(
+            {
+                "manifest_uri": result.manifest_uri,
+                "curated_uri": result.curated_uri,
+                "labels_uri": labels_uri,
+                "model_tag": result.embed["tag"],
+                "embed": settings.embed.model_dump(),
+                "cluster": settings.cluster.model_dump(),
+                "curate": settings.curate.model_dump(),
+            }
+        )
+        tracking.log_metrics(_metrics(result))
+        tracking.log_table(read_funnel(result.filter.run_uri, storage_options), "funnel.json")
+        report = result.types.classifier
+        if report and report.get("confusion"):
+            confusion = pd.DataFrame.from_dict(report["confusion"], orient="index")
+            tracking.log_table(confusion.rename_axis("true").reset_index(), "confusion_matrix.json")
+        tracking.log_dict(
+            {
+                "classifier": report,
+                "clusters": asdict(result.clusters),
+                "filter": result.filter.as_dict(),
+            },
+            "curation_summary.json",
+        )
+        for number, uri in result.clusters.galleries.items():
+            tracking.log_image(image(uri), f"galleries/cluster-{number}.png")
+        for reason, uri in result.filter.galleries.items():
+            tracking.log_image(image(uri), f"galleries/dropped-{reason}.png")
+        curated = manifest.read(result.curated_uri, storage_options)
+        kept = curated.loc[
+            curated["keep"], ["key", "sha256", "uri", "city", "image_type", "width", "height"]
+        ]
+        tracking.log_dataset_input(
+            kept.reset_index(drop=True),
+            name="curated",
+            source=result.curated_uri,
+            context="curation",
+        )
+        return run.info.run_id
+
+
+def _metrics(result: CurateResult) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = {f"funnel.{k}": v for k, v in result.filter.funnel.items()}
+    metrics |= {f"dropped.{k}": v for k, v in result.filter.drop_counts.items()}
+    metrics |= {f"silhouette.k{k}": v for k, v in result.clusters.silhouette.items()}
+    metrics |= {
+        "embed.computed": result.embed["computed"],
+        "embed.reused": result.embed["reused"],
+        "quality.computed": result.quality["computed"],
+        "near_duplicate_cosine": result.filter.near_duplicate_cosine,
+        "near_duplicate_groups": result.filter.near_duplicate_groups,
+        "labels_used": result.types.labels_used,
+        "type_accuracy_cv": (result.types.classifier or {}).get("cv_accuracy"),
+    }
+    return metrics

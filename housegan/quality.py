@@ -1,0 +1,206 @@
+"""Image quality scores and flags in cleanvision's manner: dark, overexposed, blurry, low
+information, grayscale, odd aspect ratio.
+
+Scores are computed once per content hash on a downscaled copy and stored content-addressed
+under ``<store>/quality/<QUALITY_VERSION>/`` as immutable Parquet parts (one per run that found
+new photos), so a renamed, re-uploaded or duplicated photo is never scored again. Flags are
+derived from scores at read time, so changing a threshold needs no recomputation.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageOps
+
+from housegan import manifest, storage
+from housegan.config import CurateSettings
+from housegan.manifest import Status
+
+# Bump when a score's definition changes: scores then live in a fresh folder.
+QUALITY_VERSION = "v1"
+QUALITY_FLAGS = (
+    "dark",
+    "overexposed",
+    "blurry",
+    "low_information",
+    "grayscale",
+    "odd_aspect_ratio",
+)
+
+QUALITY_SCHEMA = pa.schema(
+    [
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("brightness_p99", pa.float32()),
+        pa.field("brightness_p05", pa.float32()),
+        pa.field("sharpness", pa.float32()),
+        pa.field("entropy", pa.float32()),
+        pa.field("colorfulness", pa.float32()),
+        pa.field("error", pa.string()),
+    ],
+    metadata={"housegan.quality": QUALITY_VERSION},
+)
+SCORE_COLUMNS = tuple(name for name in QUALITY_SCHEMA.names if name not in ("sha256", "error"))
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    uri: str  # the score folder (all parts)
+    computed: int
+    reused: int
+
+
+def quality_uri(store_uri: str) -> str:
+    return storage.join(store_uri, "quality", QUALITY_VERSION)
+
+
+def open_image(data: bytes, max_side: int) -> Image.Image:
+    """Decode to RGB as displayed (EXIF orientation applied), no side longer than ``max_side``."""
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced scale, much cheaper
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, "white")
+        image.paste(rgba, mask=rgba.getchannel("A"))
+    image = image.convert("RGB")
+    image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return image
+
+
+def load_image(
+    uri: str, max_side: int, storage_options: Mapping[str, Any] | None = None
+) -> Image.Image:
+    return open_image(storage.read_bytes(uri, storage_options), max_side)
+
+
+def score_image(image: Image.Image) -> dict[str, float]:
+    """Raw scores of one RGB image; see ``CurateSettings`` for what each threshold means."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    brightness = np.sqrt(0.241 * red**2 + 0.691 * green**2 + 0.068 * blue**2)
+    gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return {
+        "brightness_p99": float(np.percentile(brightness, 99)),
+        "brightness_p05": float(np.percentile(brightness, 5)),
+        "sharpness": _laplacian_variance(gray),
+        "entropy": float(image.convert("L").entropy()),
+        "colorfulness": float(np.mean(rgb.max(axis=2) - rgb.min(axis=2))),
+    }
+
+
+def _laplacian_variance(gray: np.ndarray) -> float:
+    """Variance of the Laplacian over the variance of the image: edge energy relative to
+    contrast, so a dim but sharp photo does not read as blurry. Flat images score 0."""
+    if min(gray.shape) < 3 or gray.var() < 1e-6:
+        return 0.0
+    laplacian = (
+        4 * gray[1:-1, 1:-1] - gray[:-2, 1:-1] - gray[2:, 1:-1] - gray[1:-1, :-2] - gray[1:-1, 2:]
+    )
+    return float(laplacian.var() / gray.var())
+
+
+def flag_frame(
+    scores: pd.DataFrame, width: pd.Series, height: pd.Series, cfg: CurateSettings
+) -> pd.DataFrame:
+    """Boolean flags (columns ``QUALITY_FLAGS``) for rows of scores and displayed sizes.
+
+    Rows without scores (unreadable photo, or never scored) get no score-based flags.
+    """
+    long_side = np.maximum(width, height).astype(float)
+    short_side = np.minimum(width, height).astype(float).replace(0, np.nan)
+    flags = pd.DataFrame(
+        {
+            "dark": scores["brightness_p99"] < cfg.dark_threshold,
+            "overexposed": scores["brightness_p05"] > cfg.overexposed_threshold,
+            "blurry": scores["sharpness"] < cfg.blurry_threshold,
+            "low_information": scores["entropy"] < cfg.low_information_threshold,
+            "grayscale": scores["colorfulness"] < cfg.grayscale_threshold,
+            "odd_aspect_ratio": (long_side / short_side) > cfg.max_aspect_ratio,
+        },
+        index=scores.index,
+    )
+    return flags.fillna(False).astype(bool)
+
+
+def load_scores(
+    store_uri: str,
+    sha256s: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """All stored scores (one row per sha256), optionally only those named."""
+    fs, root = storage.get_fs(quality_uri(store_uri), storage_options)
+    paths = sorted(fs.glob(f"{root}/*.parquet")) if fs.exists(root) else []
+    frames = [pq.read_table(io.BytesIO(fs.cat_file(path))).to_pandas() for path in paths]
+    scores = (
+        pd.concat(frames, ignore_index=True) if frames else manifest.empty_frame(QUALITY_SCHEMA)
+    )
+    scores = scores.drop_duplicates("sha256", keep="last")
+    if sha256s is not None:
+        scores = scores[scores["sha256"].isin(set(sha256s))]
+    return scores.reset_index(drop=True)
+
+
+def scorable_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct content among the manifest's usable photos."""
+    usable = frame[(frame["status"] == Status.OK) & frame["sha256"].notna()]
+    return usable.drop_duplicates("sha256").sort_values("key")
+
+
+def compute_quality(
+    manifest_uri: str,
+    store_uri: str,
+    cfg: CurateSettings,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> QualityResult:
+    """Score every usable photo of a manifest whose content was never scored; store new parts."""
+    rows = scorable_rows(
+        manifest.read(manifest.resolve(manifest_uri, storage_options), storage_options)
+    )
+    known = set(load_scores(store_uri, storage_options=storage_options)["sha256"])
+    todo = rows[~rows["sha256"].isin(known)]
+    if len(todo):
+        scores = _score_many(todo["uri"].tolist(), cfg, storage_options, progress)
+        scores.insert(0, "sha256", todo["sha256"].to_numpy())
+        part = storage.join(quality_uri(store_uri), storage.new_version_name(".parquet"))
+        buffer = io.BytesIO()
+        pq.write_table(manifest.to_table(scores, QUALITY_SCHEMA), buffer, compression="zstd")
+        storage.write_bytes_atomic(part, buffer.getvalue(), storage_options)
+    return QualityResult(quality_uri(store_uri), computed=len(todo), reused=len(rows) - len(todo))
+
+
+def _score_many(
+    uris: list[str],
+    cfg: CurateSettings,
+    storage_options: Mapping[str, Any] | None,
+    progress: ProgressFn | None,
+) -> pd.DataFrame:
+    def score(uri: str) -> dict[str, Any]:
+        try:
+            return {
+                **score_image(load_image(uri, cfg.quality_max_side, storage_options)),
+                "error": None,
+            }
+        except Exception as exc:  # a bad photo is recorded, never fatal
+            return {name: np.nan for name in SCORE_COLUMNS} | {
+                "error": f"{type(exc).__name__}: {exc}"
+            }
+
+    results = []
+    with ThreadPoolExecutor(cfg.quality_workers) as pool:
+        for done, result in enumerate(pool.map(score, uris), start=1):
+            results.append(result)
+            if progress is not None:
+                progress(done, len(uris))
+    return pd.DataFrame(results, columns=[*SCORE_COLUMNS, "error"])

@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+
+from housegan import curate, manifest, quality, synth
+from housegan.config import CurateSettings
+from housegan.manifest import IMAGE_MANIFEST_SCHEMA
+
+
+def manifest_frame(rows: list[dict]) -> pd.DataFrame:
+    """Image-manifest rows with defaults for every column a test does not care about."""
+    now = datetime.now(UTC)
+    defaults = {name: None for name in IMAGE_MANIFEST_SCHEMA.names}
+    defaults |= {"status": "ok", "ingested_at": now, "width": 200, "height": 150}
+    frame = pd.DataFrame([defaults | row for row in rows])
+    frame["uri"] = frame["uri"].fillna(frame["key"])
+    return manifest.to_table(frame, IMAGE_MANIFEST_SCHEMA).to_pandas()
+
+
+def photo(kind: str = "exterior", seed: int = 0, size: tuple[int, int] = (240, 180)) -> Image.Image:
+    return synth.render(kind, synth.city_names(1)[0], np.random.default_rng(seed), size)
+
+
+# --- quality ----------------------------------------------------------------------------------
+
+
+def flags_of(image: Image.Image, cfg: CurateSettings | None = None) -> set[str]:
+    cfg = cfg or CurateSettings()
+    image = image.copy()
+    image.thumbnail((cfg.quality_max_side, cfg.quality_max_side))
+    scores = pd.DataFrame([quality.score_image(image)])
+    w, h = pd.Series([image.width]), pd.Series([image.height])
+    row = quality.flag_frame(scores, w, h, cfg).iloc[0]
+    return {flag for flag in quality.QUALITY_FLAGS if row[flag]}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clean_exteriors_and_landscapes_raise_no_quality_flag(seed):
+    assert flags_of(photo("exterior", seed)) == set()
+    assert flags_of(photo("landscape", seed)) == set()
+
+
+def test_each_quality_defect_raises_its_flag():
+    clean = photo("exterior", 1)
+    assert "dark" in flags_of(ImageEnhance.Brightness(clean).enhance(0.08))
+    assert "overexposed" in flags_of(Image.new("RGB", clean.size, (252, 252, 250)))
+    assert "blurry" in flags_of(clean.filter(ImageFilter.GaussianBlur(4)))
+    assert "grayscale" in flags_of(clean.convert("L"))
+    assert "low_information" in flags_of(Image.new("RGB", clean.size, (90, 120, 60)))
+    assert flags_of(clean.resize((400, 100))) == {"odd_aspect_ratio"}
+
+
+def test_quality_scores_are_computed_once_per_content(tmp_path: Path):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    rows = []
+    for i in range(3):
+        path = folder / f"{i}.jpg"
+        photo(seed=i).save(path)
+        rows.append({"key": f"{i}.jpg", "uri": path.as_uri(), "sha256": f"sha{i}"})
+    rows.append({"key": "copy.jpg", "uri": (folder / "0.jpg").as_uri(), "sha256": "sha0"})
+    rows.append({"key": "bad.jpg", "uri": (folder / "x").as_uri(), "sha256": "shax"})
+    store = (tmp_path / "store").as_uri()
+    collection = manifest.collection_uri(store)
+    first_uri = manifest.write_version(manifest_frame(rows[:3]), collection, IMAGE_MANIFEST_SCHEMA)
+    first = quality.compute_quality(first_uri, store, CurateSettings())
+    assert (first.computed, first.reused) == (3, 0)
+    second_uri = manifest.write_version(manifest_frame(rows), collection, IMAGE_MANIFEST_SCHEMA)
+    second = quality.compute_quality(second_uri, store, CurateSettings())
+    assert (second.computed, second.reused) == (1, 3)  # only the new content; the copy is known
+    scores = quality.load_scores(store).set_index("sha256")
+    assert scores.loc["shax", "error"].startswith("FileNotFoundError")
+    assert pd.isna(scores.loc["sha1", "error"]) and scores.loc["sha1", "entropy"] > 3
+
+
+# --- near-duplicates and outliers -------------------------------------------------------------
+
+
+def distinct_with_copies(n: int, copies: dict[int, int], dim: int = 32, seed: int = 0):
+    """``n`` distinct unit vectors, plus near copies (small noise) of some of them."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, dim))
+    extra = [
+        base[i] + rng.normal(scale=0.05, size=dim) for i, c in copies.items() for _ in range(c)
+    ]
+    return np.vstack([base, *extra]).astype(np.float32)
+
+
+def test_near_copies_are_grouped_and_the_first_key_kept():
+    vectors = distinct_with_copies(60, {3: 2, 10: 1})
+    keys = np.array([f"k{i:03d}" for i in range(len(vectors))], dtype=object)
+    keys[3] = "z-last"  # the original sorts after its copies: a copy is kept instead
+    near = curate.find_near_duplicates(keys, vectors, CurateSettings())
+    assert near.calibrated
+    assert near.groups == 2
+    dropped = {keys[i]: near.near_dup_of[i] for i in np.flatnonzero(near.near_dup_of != None)}  # noqa: E711
+    assert dropped == {"z-last": "k060", "k061": "k060", "k062": "k010"}
+    distinct_cos = 1 - 0.25  # random 32-d vectors are nowhere near this similar
+    assert distinct_cos < near.threshold < 0.999
+
+
+def test_fixed_near_duplicate_threshold_is_used_as_given():
+    vectors = distinct_with_copies(30, {0: 1})
+    keys = np.array([f"k{i:02d}" for i in range(31)], dtype=object)
+    near = curate.find_near_duplicates(keys, vectors, CurateSettings(near_duplicate_cosine=-1.0))
+    assert not near.calibrated and near.threshold == -1.0
+    assert near.groups == 1 and (near.near_dup_of != None).sum() == 30  # noqa: E711
+
+
+def test_knn_search_is_bounded_by_chunks_not_a_full_matrix(monkeypatch):
+    """sklearn's brute search honours working_memory; a tiny budget still gives exact answers."""
+    import sklearn
+
+    vectors = distinct_with_copies(500, {1: 1})
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    with sklearn.config_context(working_memory=0.01):  # 10 kB: forces many chunks
+        cosine, index = curate.neighbours(unit, 3)
+    exact = unit @ unit.T
+    np.fill_diagonal(exact, -np.inf)
+    np.testing.assert_array_equal(index[:, 0], exact.argmax(axis=1))
+    np.testing.assert_allclose(cosine[:, 0], exact.max(axis=1), atol=1e-5)
+
+
+def test_outliers_are_the_far_points_of_each_group():
+    rng = np.random.default_rng(0)
+    inliers = rng.normal(scale=0.1, size=(40, 8)) + 1.0
+    far = np.full((1, 8), -1.0)
+    small = rng.normal(size=(5, 8))
+    reduced = np.vstack([inliers, far, small]).astype(np.float32)
+    groups = pd.Series(["a/exterior"] * 41 + ["b/exterior"] * 5)
+    cfg = CurateSettings(outlier_percentile=97.0, outlier_min_group=20)
+    scores, is_outlier = curate.outlier_scores(reduced, groups, cfg)
+    assert is_outlier[40] and scores[40] == np.nanmax(scores)
+    assert is_outlier[:40].sum() <= 1
+    assert not is_outlier[41:].any() and np.isnan(scores[41:]).all()
+
+
+# --- the funnel -------------------------------------------------------------------------------
+
+
+def funnel_case(cfg: CurateSettings) -> tuple[pd.DataFrame, np.ndarray]:
+    """A frame after ``assemble``: every drop reason occurs, in two cities."""
+    rows, types, reduced = [], {}, []
+    rng = np.random.default_rng(1)
+    centre = {"exterior": 1.0, "landscape": -1.0, "floorplan": 3.0}
+    for i in range(60):
+        kind = ("exterior", "landscape", "floorplan")[i % 3]
+        city = ("austin", "boise")[i % 2]
+        rows.append({"key": f"{city}/L{i}/p.jpg", "city": city, "sha256": f"s{i}"})
+        types[f"s{i}"] = kind
+        reduced.append(rng.normal(scale=0.5, size=6) + centre[kind])
+    reduced[1] = reduced[0] + 1e-4  # s1 nearly duplicates s0
+    rows.append({"key": "austin/x/corrupt.jpg", "city": "austin", "status": "corrupt"})
+    rows.append({"key": "boise/x/dup.jpg", "city": "boise", "status": "duplicate", "sha256": "s4"})
+    images = manifest_frame(rows)
+    clusters = pd.DataFrame(
+        {"sha256": list(types), "cluster": np.arange(60) % 3, "cluster_distance": 1.0}
+    )
+    kinds = pd.DataFrame(
+        {
+            "sha256": list(types),
+            "image_type": list(types.values()),
+            "type_confidence": 0.9,
+            "type_margin": 0.5,
+            "type_source": "classifier",
+        }
+    )
+    scores = pd.DataFrame(
+        {
+            "sha256": list(types),
+            "brightness_p99": 0.8,
+            "brightness_p05": 0.2,
+            "sharpness": 0.5,
+            "entropy": 6.0,
+            "colorfulness": 0.2,
+            "error": None,
+        }
+    )
+    scores.loc[6, "brightness_p99"] = 0.01  # s6: dark
+    frame = curate.assemble(images, clusters, kinds, scores, cfg)
+    full = np.full((len(frame), 6), np.nan, dtype=np.float32)
+    for row, sha in enumerate(frame["sha256"]):
+        if sha in types:
+            full[row] = reduced[int(sha[1:])]
+    return frame, full
+
+
+def test_funnel_counts_add_up_and_every_drop_has_one_reason():
+    cfg = CurateSettings(outlier_min_group=5, outlier_percentile=90.0, near_duplicate_cosine=0.9999)
+    frame, reduced = funnel_case(cfg)
+    curate.decide(frame, reduced, cfg)
+    table = curate.funnel_table(frame, cfg.wanted_types)
+    totals = curate.funnel_totals(table)
+    counts = [totals[s] for s in curate.STAGES]
+    assert counts == sorted(counts, reverse=True)
+    assert totals["objects"] == len(frame) == 62
+    assert totals["objects"] - totals["training_set"] == frame["drop_reason"].notna().sum()
+    assert totals["training_set"] == frame["keep"].sum()
+    reasons = frame["drop_reason"].value_counts().to_dict()
+    assert set(reasons) == set(curate.DROP_REASONS)
+    assert reasons["invalid"] == 1 and reasons["duplicate"] == 1 and reasons["near_duplicate"] == 1
+    assert reasons["unwanted_type"] == 20  # the floorplans
+    assert frame.set_index("sha256").loc["s6", "drop_reason"] == "low_quality"
+    per_group = table[table["city"] != "ALL"][list(curate.STAGES)].sum()
+    assert per_group.to_dict() == totals
+    assert (frame["keep"] == frame["drop_reason"].isna()).all()
+
+
+def test_unknown_types_are_dropped_unless_wanted():
+    cfg = CurateSettings(near_duplicate_cosine=0.9999)
+    frame, reduced = funnel_case(cfg)
+    frame["image_type"] = "unknown"
+    curate.decide(frame, reduced, cfg)
+    assert frame["keep"].sum() == 0
+    wanting = CurateSettings(near_duplicate_cosine=0.9999, wanted_types=("unknown",))
+    curate.decide(frame, reduced, wanting)
+    assert frame["keep"].sum() > 0
+
+
+def test_curated_frame_fits_the_curated_schema():
+    cfg = CurateSettings(near_duplicate_cosine=0.9999)
+    frame, reduced = funnel_case(cfg)
+    curate.decide(frame, reduced, cfg)
+    table = manifest.to_table(frame, curate.CURATED_SCHEMA)
+    assert table.num_rows == 62
+    assert set(IMAGE_MANIFEST_SCHEMA.names) < set(table.schema.names)
+
+
+def test_wanted_types_must_be_known():
+    with pytest.raises(ValueError, match="unknown types"):
+        CurateSettings(wanted_types=("exterior", "garden"))
