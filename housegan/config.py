@@ -39,7 +39,7 @@ class ImageLimits(BaseModel):
     )
     max_bytes: int = Field(50 * 1024 * 1024, ge=1, description="objects larger are not fetched")
     formats: tuple[str, ...] = Field(
-        ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"),
+        ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"),
         description="Pillow formats opened; anything else is not_image",
     )
 

@@ -20,6 +20,7 @@ from housegan.manifest import Status
 # ImageLimits.max_pixels is the bomb limit we enforce (before decoding); Pillow's own warning at
 # its default of ~89 Mpx would be noise. Its hard error (2x that) still fires and is caught.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+Image.init()  # register every plugin now: Image.open(formats=...) looks them up by name
 
 # EXIF orientations 5-8 rotate by 90/270 degrees: the displayed image swaps width and height.
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
@@ -59,11 +60,12 @@ def _open_checked(data: bytes, limits: ImageLimits) -> tuple[Image.Image | None,
     """Open, refuse bombs by header, fully decode. Returns the loaded image when usable."""
     if not data:
         return None, ImageCheck(Status.NOT_IMAGE, error="empty object (0 bytes)")
+    formats = [name for name in limits.formats if name in Image.OPEN]
     try:
-        image = Image.open(io.BytesIO(data), formats=limits.formats)
+        image = Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
         return None, ImageCheck(
-            Status.NOT_IMAGE, error=f"not an image in an accepted format {list(limits.formats)}"
+            Status.NOT_IMAGE, error=f"not an image in an accepted format {formats}"
         )
     except Image.DecompressionBombError as exc:
         return None, ImageCheck(Status.TOO_LARGE, error=str(exc))

@@ -22,6 +22,7 @@ endpoint and serves until killed, so a benchmark can keep it out of the measured
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import socket
 import threading
@@ -57,10 +58,8 @@ class _Connection:
 
     def close(self) -> None:
         for sock in (self.client, self.upstream):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
         self.proxy._forget(self)
 

@@ -1,0 +1,497 @@
+"""Incremental ingest: list the source, fetch only new or changed objects, validate, publish.
+
+One manifest row per source object (``manifest.IMAGE_MANIFEST_SCHEMA``), keyed by ``key``: the
+object's path relative to the source URI (what ``key_pattern`` reads city and listing from).
+
+* Listing is paginated (fsspec ``find``); folder markers and dotfile components are skipped.
+* An object whose (key, etag) is in the latest manifest is not downloaded: its row is carried.
+* Fetches run in a bounded thread pool with per-request connect/read timeouts and retries with
+  backoff on transient errors; the fetched length must equal the listed size.
+* Identical bytes: the first key in sorted order stays ``ok``, later keys are ``duplicate``
+  with ``dup_of`` naming it, whatever order the fetches finished in.
+* An object gone from the source keeps its previous row, marked ``missing``.
+* A new version is published (data file, then ``latest``) only when some row changed; a run
+  over an unchanged source publishes nothing and reports the current ``latest``.
+* An object that still fails after all retries is left out of (or keeps its previous row in)
+  the published version and is reported in ``failed``: the next run fetches it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.client import IncompleteRead
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+
+from housegan import manifest, storage
+from housegan.config import ImageLimits, IngestSettings
+from housegan.images import inspect_image
+from housegan.manifest import IMAGE_MANIFEST_SCHEMA, Status
+
+Progress = Callable[[int, int], None]  # (objects done, objects to fetch)
+
+_THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"}
+
+
+class IngestError(RuntimeError):
+    """The source or store cannot be used; the one-line message names the endpoint/bucket.
+
+    ``transient`` says whether trying again later may help (unreachable endpoint, objects that
+    kept failing) or not (missing bucket, refused credentials).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class SizeMismatch(OSError):
+    """Fewer (or more) bytes arrived than the listing announced: a cut connection."""
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """One listed object: where it lives and what the listing said about it."""
+
+    key: str
+    path: str  # path inside the source filesystem
+    uri: str
+    etag: str
+    size: int
+    last_modified: pd.Timestamp | None
+
+
+@dataclass
+class IngestResult:
+    manifest_uri: str | None
+    counts: dict[str, int]
+    new: int
+    downloaded: int
+    listed: int
+    published: bool
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` line: manifest URI, counts by status, new and downloaded."""
+        return {
+            "manifest_uri": self.manifest_uri,
+            "counts": self.counts,
+            "new": self.new,
+            "downloaded": self.downloaded,
+            "listed": self.listed,
+            "published": self.published,
+            "failed": len(self.failed),
+        }
+
+
+def ingest(
+    source_uri: str,
+    store_uri: str,
+    *,
+    key_pattern: str,
+    limits: ImageLimits,
+    cfg: IngestSettings,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> IngestResult:
+    """Bring the image manifest under ``store_uri`` up to date with ``source_uri``."""
+    started = pd.Timestamp(datetime.now(UTC))
+    listing = list_source(source_uri, cfg, storage_options)
+    collection = manifest.collection_uri(storage.normalize_uri(store_uri))
+    previous_uri, previous = _read_previous(collection, storage_options)
+    previous_by_key = {row["key"]: row for row in previous.to_dict("records")}
+
+    carried, to_fetch = plan(listing, previous_by_key)
+    fetched, failed = fetch_all(
+        source_uri, to_fetch, limits, cfg, storage_options, key_pattern, started, progress
+    )
+    listed_keys = {obj.key for obj in listing}
+    kept = [
+        previous_by_key[key] for key in failed if key in previous_by_key
+    ]  # a changed object that kept failing: its previous row stands until a run succeeds
+    gone = [
+        _as_missing(row)
+        for key, row in previous_by_key.items()
+        if key not in listed_keys and key not in failed
+    ]
+    frame = mark_duplicates(_frame(carried + fetched + kept + gone))
+
+    new = sum(1 for row in fetched if row["key"] not in previous_by_key)
+    result = IngestResult(
+        manifest_uri=previous_uri,
+        counts=frame["status"].value_counts().sort_index().to_dict(),
+        new=new,
+        downloaded=sum(row["sha256"] is not None for row in fetched),
+        listed=len(listing),
+        published=False,
+        failed=failed,
+    )
+    if previous_uri is None or not _same_rows(frame, previous):
+        result.manifest_uri = manifest.write_version(
+            frame,
+            collection,
+            IMAGE_MANIFEST_SCHEMA,
+            metadata={
+                "source_uri": storage.normalize_uri(source_uri),
+                "counts": result.counts,
+                "new": result.new,
+                "downloaded": result.downloaded,
+            },
+            storage_options=storage_options,
+        )
+        result.published = True
+    return result
+
+
+# ---- listing -------------------------------------------------------------------------------
+
+
+def list_source(
+    source_uri: str, cfg: IngestSettings, storage_options: Mapping[str, Any] | None = None
+) -> list[SourceObject]:
+    """Every object under ``source_uri`` (sorted by key), minus folder markers and dotfiles."""
+    source_uri = storage.normalize_uri(source_uri)
+    fs, root = storage.get_fs(
+        source_uri, _s3_options(storage_options, cfg, attempts=cfg.retries + 1)
+    )
+    root = root.rstrip("/")
+    _check_source(fs, source_uri, root, cfg, storage_options)
+    try:
+        entries = fs.find(root, detail=True)
+    except Exception as exc:
+        raise IngestError(f"listing {source_uri} failed: {_one_line(exc)}", transient=True) from exc
+    objects = []
+    for path, info in entries.items():
+        key = path[len(root) + 1 :] if path.startswith(root + "/") else path
+        if path.endswith("/") or info.get("type") != "file" or _skipped(key, cfg):
+            continue
+        objects.append(
+            SourceObject(
+                key=key,
+                path=path,
+                uri=storage.join(source_uri, key),
+                etag=_etag(info),
+                size=int(info["size"]),
+                last_modified=_last_modified(info),
+            )
+        )
+    return sorted(objects, key=lambda obj: obj.key)
+
+
+def _skipped(key: str, cfg: IngestSettings) -> bool:
+    return any(part.startswith(cfg.skip_prefixes) for part in key.split("/"))
+
+
+def _etag(info: Mapping[str, Any]) -> str:
+    if info.get("ETag"):
+        return str(info["ETag"]).strip('"')
+    # Local files have no etag: size + mtime changes whenever the content is rewritten.
+    return f"{info['size']}-{info.get('mtime', info.get('created', 0))}"
+
+
+def _last_modified(info: Mapping[str, Any]) -> pd.Timestamp | None:
+    value = info.get("LastModified", info.get("mtime"))
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        stamp = pd.Timestamp(value, unit="s", tz="UTC")
+    else:
+        stamp = pd.Timestamp(value).tz_convert("UTC")
+    return stamp.floor("us")  # the manifest stores microseconds
+
+
+def _s3_options(
+    storage_options: Mapping[str, Any] | None, cfg: IngestSettings, *, attempts: int
+) -> dict[str, Any]:
+    """s3fs options with our timeouts, botocore attempts and a private (uncached) instance."""
+    options = dict(storage_options or {})
+    config = dict(options.get("config_kwargs") or {})
+    config.update(
+        connect_timeout=cfg.connect_timeout_s,
+        read_timeout=cfg.read_timeout_s,
+        retries={"total_max_attempts": attempts, "mode": "standard"},
+        max_pool_connections=max(cfg.concurrency, 10),
+    )
+    options.update(
+        config_kwargs=config,
+        use_listings_cache=False,  # a long-lived process must see objects that appeared since
+        max_concurrency=1,  # one GET per object, no HEAD first
+        skip_instance_cache=True,  # s3fs' own retry count is set per instance below
+    )
+    return options
+
+
+def _without_s3fs_retries(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem:
+    """Retries happen in one place (botocore for listings, ``_fetch`` for objects)."""
+    if hasattr(fs, "retries"):
+        fs.retries = 1
+    return fs
+
+
+def _check_source(
+    fs: fsspec.AbstractFileSystem,
+    source_uri: str,
+    root: str,
+    cfg: IngestSettings,
+    storage_options: Mapping[str, Any] | None,
+) -> None:
+    """Fail fast, with one clear line, when the source cannot be listed at all."""
+    if storage.is_local(source_uri):
+        if not fs.isdir(root):
+            raise IngestError(f"source folder {source_uri} does not exist")
+        return
+    probe_fs, _ = storage.get_fs(source_uri, _s3_options(storage_options, cfg, attempts=2))
+    probe_fs = _without_s3fs_retries(probe_fs)
+    bucket, _, prefix = root.partition("/")
+    endpoint = probe_fs.s3.meta.endpoint_url
+    try:
+        fsspec.asyn.sync(
+            probe_fs.loop,
+            probe_fs._call_s3,
+            "list_objects_v2",
+            Bucket=bucket,
+            Prefix=prefix,
+            MaxKeys=1,
+            timeout=cfg.fail_fast_timeout_s,
+        )
+    except FileNotFoundError as exc:
+        raise IngestError(f"bucket {bucket!r} does not exist at {endpoint}") from exc
+    except PermissionError as exc:
+        raise IngestError(
+            f"access to s3://{bucket} refused by {endpoint} ({_one_line(exc)}): check credentials"
+        ) from exc
+    except Exception as exc:
+        if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+            raise IngestError(f"no AWS credentials found for {endpoint}") from exc
+        if is_transient(exc):
+            raise IngestError(
+                f"cannot reach S3 endpoint {endpoint} ({_one_line(exc)})", transient=True
+            ) from exc
+        raise IngestError(
+            f"cannot list s3://{bucket}/{prefix} at {endpoint}: {_one_line(exc)}"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+# ---- planning ------------------------------------------------------------------------------
+
+
+def plan(
+    listing: list[SourceObject], previous_by_key: Mapping[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[SourceObject]]:
+    """Split the listing into carried rows (same key and etag, not missing) and objects to fetch."""
+    carried, to_fetch = [], []
+    for obj in listing:
+        row = previous_by_key.get(obj.key)
+        if row is not None and row["etag"] == obj.etag and row["status"] != Status.MISSING:
+            carried.append(row)
+        else:
+            to_fetch.append(obj)
+    return carried, to_fetch
+
+
+def _as_missing(row: Mapping[str, Any]) -> dict[str, Any]:
+    if row["status"] == Status.MISSING:
+        return dict(row)
+    return {**row, "status": str(Status.MISSING), "dup_of": None, "error": "gone from source"}
+
+
+# ---- fetching ------------------------------------------------------------------------------
+
+
+def fetch_all(
+    source_uri: str,
+    objects: list[SourceObject],
+    limits: ImageLimits,
+    cfg: IngestSettings,
+    storage_options: Mapping[str, Any] | None,
+    key_pattern: str,
+    ingested_at: pd.Timestamp,
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Fetch and validate ``objects`` concurrently; returns (rows, {key: error} of failures)."""
+    if not objects:
+        return [], {}
+    fs, _ = storage.get_fs(source_uri, _s3_options(storage_options, cfg, attempts=1))
+    fs = _without_s3fs_retries(fs)
+    pattern = re.compile(key_pattern)
+    rows: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="ingest") as pool:
+        futures = {
+            pool.submit(_ingest_one, fs, obj, limits, cfg, pattern, ingested_at): obj
+            for obj in objects
+        }
+        for done, future in enumerate(as_completed(futures), start=1):
+            obj = futures[future]
+            try:
+                rows.append(future.result())
+            except Exception as exc:
+                failed[obj.key] = _one_line(exc)
+            if progress is not None:
+                progress(done, len(objects))
+    return rows, failed
+
+
+def _ingest_one(
+    fs: fsspec.AbstractFileSystem,
+    obj: SourceObject,
+    limits: ImageLimits,
+    cfg: IngestSettings,
+    pattern: re.Pattern[str],
+    ingested_at: pd.Timestamp,
+) -> dict[str, Any]:
+    row = _base_row(obj, pattern, ingested_at)
+    if obj.size > limits.max_bytes:
+        return {
+            **row,
+            "status": str(Status.TOO_LARGE),
+            "error": f"{obj.size} bytes > max_bytes {limits.max_bytes}; not fetched",
+        }
+    try:
+        data = _fetch(fs, obj, cfg)
+    except FileNotFoundError:
+        return {**row, "status": str(Status.MISSING), "error": "deleted while ingesting"}
+    check = inspect_image(data, limits)
+    return {
+        **row,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "width": check.width,
+        "height": check.height,
+        "format": check.format,
+        "mode": check.mode,
+        "status": str(check.status),
+        "error": check.error,
+    }
+
+
+def _base_row(
+    obj: SourceObject, pattern: re.Pattern[str], ingested_at: pd.Timestamp
+) -> dict[str, Any]:
+    match = pattern.search(obj.key)
+    groups = match.groupdict() if match else {}
+    return {
+        "key": obj.key,
+        "uri": obj.uri,
+        "city": groups.get("city"),
+        "listing_id": groups.get("listing_id"),
+        "etag": obj.etag,
+        "size_bytes": obj.size,
+        "last_modified": obj.last_modified,
+        "sha256": None,
+        "width": None,
+        "height": None,
+        "format": None,
+        "mode": None,
+        "status": str(Status.OK),
+        "error": None,
+        "dup_of": None,
+        "ingested_at": ingested_at,
+    }
+
+
+def _fetch(fs: fsspec.AbstractFileSystem, obj: SourceObject, cfg: IngestSettings) -> bytes:
+    """All bytes of one object, retried with exponential backoff on transient errors."""
+    for attempt in range(cfg.retries + 1):
+        try:
+            data = fs.cat_file(obj.path)
+            if len(data) != obj.size:
+                raise SizeMismatch(f"got {len(data)} bytes of {obj.size} for {obj.key}")
+            return data
+        except Exception as exc:
+            if attempt == cfg.retries or not is_transient(exc):
+                raise
+            time.sleep(cfg.retry_backoff_s * 2**attempt)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Timeouts, resets, cut bodies, 5xx and throttling: worth another attempt."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SizeMismatch | TimeoutError | ConnectionError | IncompleteRead):
+            return True
+        name = type(seen).__name__
+        if name in _TRANSIENT_TYPE_NAMES:
+            return True
+        response = getattr(seen, "response", None)
+        if isinstance(response, Mapping):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500 or response.get("Error", {}).get("Code") in _THROTTLING_CODES:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+# botocore/aiohttp/fsspec transport errors, by name so that file:// sources need none of them.
+_TRANSIENT_TYPE_NAMES = {
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "EndpointConnectionError",
+    "HTTPClientError",
+    "ResponseStreamingError",
+    "IncompleteReadError",
+    "ClientPayloadError",
+    "ServerDisconnectedError",
+    "ClientConnectionError",
+    "FSTimeoutError",
+}
+
+
+# ---- assembling ----------------------------------------------------------------------------
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    if not rows:
+        return manifest.empty_frame(IMAGE_MANIFEST_SCHEMA)
+    frame = pd.DataFrame.from_records(rows, columns=IMAGE_MANIFEST_SCHEMA.names)
+    # All-null columns would come out float: give text columns their dtype before any update.
+    for column in IMAGE_MANIFEST_SCHEMA:
+        if pa.types.is_string(column.type):
+            frame[column.name] = frame[column.name].astype("str")
+    return frame.sort_values("key", ignore_index=True)
+
+
+def mark_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Among valid images, the first key (sorted) of each sha256 is ok, the rest duplicate."""
+    frame = frame.sort_values("key", ignore_index=True)
+    valid = frame["status"].isin([Status.OK, Status.DUPLICATE])
+    frame.loc[valid, "status"] = str(Status.OK)
+    frame.loc[valid, "dup_of"] = None
+    first_key = frame.loc[valid].groupby("sha256")["key"].transform("first")
+    duplicates = first_key.index[first_key != frame.loc[valid, "key"]]
+    frame.loc[duplicates, "status"] = str(Status.DUPLICATE)
+    frame.loc[duplicates, "dup_of"] = first_key[duplicates]
+    return frame
+
+
+def _same_rows(frame: pd.DataFrame, previous: pd.DataFrame) -> bool:
+    ordered = previous.sort_values("key", ignore_index=True)
+    return manifest.to_table(frame, IMAGE_MANIFEST_SCHEMA).equals(
+        manifest.to_table(ordered, IMAGE_MANIFEST_SCHEMA)
+    )
+
+
+def _read_previous(
+    collection: str, storage_options: Mapping[str, Any] | None
+) -> tuple[str | None, pd.DataFrame]:
+    try:
+        return manifest.read_latest(collection, IMAGE_MANIFEST_SCHEMA, storage_options)
+    except Exception as exc:
+        raise IngestError(
+            f"cannot read the latest manifest of {collection}: {_one_line(exc)}", transient=True
+        ) from exc

@@ -1,0 +1,109 @@
+"""Prefect task around ``housegan.ingest.ingest``: retries, progress and counts artifacts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.exceptions import MissingContextError
+
+from housegan.config import IngestSettings, get_settings
+from housegan.ingest import IngestError, ingest
+
+_DEFAULTS = IngestSettings()  # decorator defaults; the flow applies the configured values
+
+
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient trouble; a missing bucket or refused credentials will not fix itself."""
+    error = getattr(state, "data", None)
+    return not (isinstance(error, IngestError) and not error.transient)
+
+
+@task(
+    name="ingest",
+    retries=_DEFAULTS.task_retries,
+    retry_delay_seconds=_DEFAULTS.task_retry_delay_s,
+    retry_condition_fn=_worth_retrying,
+    cache_policy=NO_CACHE,  # the source changes under the same URI: never reuse a result
+)
+def ingest_task(source_uri: str, store_uri: str) -> dict[str, Any]:
+    """Update the image manifest; returns its URI and counts (``IngestResult.summary()``)."""
+    settings = get_settings()
+    in_run = TaskRunContext.get() is not None
+    logger = _logger()
+    progress = _ProgressArtifact(settings.ingest.progress_every_s) if in_run else None
+    result = ingest(
+        source_uri,
+        store_uri,
+        key_pattern=settings.key_pattern,
+        limits=settings.images,
+        cfg=settings.ingest,
+        storage_options=settings.storage_options(),
+        progress=progress,
+    )
+    summary = result.summary()
+    logger.info(
+        "ingest %s: listed %d, new %d, downloaded %d, counts %s -> %s",
+        source_uri,
+        result.listed,
+        result.new,
+        result.downloaded,
+        result.counts,
+        result.manifest_uri,
+    )
+    if in_run:
+        if progress is not None:
+            progress.finish()
+        create_table_artifact(
+            [{"status": status, "objects": n} for status, n in result.counts.items()],
+            key="ingest-counts",
+            description=(
+                f"Image manifest `{result.manifest_uri}`: listed {result.listed}, "
+                f"new {result.new}, downloaded {result.downloaded}, "
+                f"{'published' if result.published else 'unchanged'}"
+            ),
+        )
+    if result.failed:
+        key, error = next(iter(result.failed.items()))
+        # What succeeded is published; a retry fetches only the objects that failed.
+        raise IngestError(
+            f"{len(result.failed)} objects could not be fetched (first: {key}: {error})",
+            transient=True,
+        )
+    return summary
+
+
+class _ProgressArtifact:
+    """A Prefect progress artifact fed by ingest's (done, total) callback, at most every N s."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.artifact_id = create_progress_artifact(
+            0.0, key="ingest-progress", description="objects fetched"
+        )
+        self.last_update = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self.last_update >= self.every_s:
+            update_progress_artifact(self.artifact_id, 100.0 * done / total)
+            self.last_update = now
+
+    def finish(self) -> None:
+        update_progress_artifact(self.artifact_id, 100.0)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called as ingest_task.fn(...) outside any run
+        return logging.getLogger(__name__)
