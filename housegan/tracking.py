@@ -9,14 +9,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.data
+import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.types import ColSpec, Schema, TensorSpec
 from PIL import Image
+
+from housegan import storage
+from housegan.config import GanSettings
+
+if TYPE_CHECKING:
+    from housegan.gan.serving import LoadedGenerator
 
 # MLflow refuses param values longer than this.
 _MAX_PARAM_CHARS = 6000
@@ -122,3 +139,269 @@ def content_digest(frame: pd.DataFrame) -> str:
 def active_run_id() -> str | None:
     run = mlflow.active_run()
     return run.info.run_id if run else None
+
+
+# ------------------------------------------------------------------ GAN: training runs, models
+# The training loop reports through ``MlflowReporter``; the final G_ema is logged as a pyfunc
+# model from code (no pickles) and registered. See housegan.gan.serving for the model folder.
+
+RUN_FILE = "mlflow_run.json"  # in a training out_dir: the run a --resume continues
+GENERATOR_MODEL_NAME = "generator"  # the model's name inside its run
+_METRIC_KEY_BAD = re.compile(r"[^\w\-. :/]")
+
+
+class MlflowReporter:
+    """The training loop's ``Reporter``, writing to one run by id (no active run needed)."""
+
+    def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
+        self.run_id = run_id
+        self.client = client or MlflowClient()
+
+    def metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(_METRIC_KEY_BAD.sub("_", key), float(value), now, step)
+            for key, value in metrics.items()
+            if value is not None
+        ]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def image(self, name: str, image: Image.Image, step: int) -> None:
+        self.client.log_image(self.run_id, image, key=name, step=step, synchronous=True)
+
+    def params(self, params: Mapping[str, Any]) -> None:
+        """Log params once; a resumed run logs only new keys and tags changed values."""
+        logged = self.client.get_run(self.run_id).data.params
+        flat = {k: str(v)[:_MAX_PARAM_CHARS] for k, v in flatten(params).items()}
+        new = [Param(k, v) for k, v in flat.items() if k not in logged]
+        changed = [RunTag(f"resumed.{k}", v) for k, v in flat.items() if logged.get(k, v) != v]
+        self.client.log_batch(self.run_id, params=new, tags=changed, synchronous=True)
+
+
+class FanOutReporter:
+    """Sends every report to several reporters (e.g. MLflow and a progress bar)."""
+
+    def __init__(self, *reporters: Any) -> None:
+        self.reporters = [r for r in reporters if r is not None]
+
+    def metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        for reporter in self.reporters:
+            reporter.metrics(metrics, step)
+
+    def image(self, name: str, image: Image.Image, step: int) -> None:
+        for reporter in self.reporters:
+            reporter.image(name, image, step)
+
+    def params(self, params: Mapping[str, Any]) -> None:
+        for reporter in self.reporters:
+            reporter.params(params)
+
+
+def generator_signature(image_size: int) -> ModelSignature:
+    """Input (city, image_type, seed[, n]) rows; output uint8 images [sum(n), R, R, 3]."""
+    inputs = Schema(
+        [
+            ColSpec("string", "city"),
+            ColSpec("string", "image_type"),
+            ColSpec("long", "seed"),
+            ColSpec("long", "n", required=False),
+        ]
+    )
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, 3))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_generator_model(
+    model_dir: str,
+    registered_model_name: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> ModelInfo:
+    """Log a model folder (g_ema.safetensors + model.json) to the active run as a pyfunc model
+    from code, and register it under ``registered_model_name`` when given."""
+    from housegan.gan import pyfunc_model, serving
+
+    with _local_model_dir(model_dir, storage_options) as folder:
+        spec, vocab = serving.read_model_config(folder / serving.CONFIG_FILE)
+        return mlflow.pyfunc.log_model(
+            name=GENERATOR_MODEL_NAME,
+            python_model=pyfunc_model.__file__,
+            artifacts={
+                pyfunc_model.WEIGHTS_ARTIFACT: str(folder / serving.WEIGHTS_FILE),
+                pyfunc_model.CONFIG_ARTIFACT: str(folder / serving.CONFIG_FILE),
+            },
+            signature=generator_signature(spec.image_size),
+            input_example=pd.DataFrame(
+                {
+                    "city": vocab["city"][:1],
+                    "image_type": vocab["image_type"][:1],
+                    "seed": [0],
+                    "n": [1],
+                }
+            ),
+            registered_model_name=registered_model_name,
+            pip_requirements=_generator_requirements(),
+            model_config={"device": "cpu"},
+            metadata={"image_size": spec.image_size, "vocab": vocab, **(metadata or {})},
+        )
+
+
+def set_alias(name: str, version: str | int, alias: str) -> None:
+    """Point ``models:/name@alias`` at ``version`` (e.g. ``champion``, by a promote step)."""
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def load_generator_model(
+    model_uri: str, tracking_uri: str | None = None, device: str = "cpu"
+) -> LoadedGenerator:
+    """The generator of an MLflow model (``models:/NAME@ALIAS``, ``models:/NAME/V``, ``runs:/``);
+    loaded from code + safetensors, never unpickled."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(model_uri, model_config={"device": device})
+    return model.unwrap_python_model().loaded
+
+
+@dataclass(frozen=True)
+class TrackedTraining:
+    run_id: str
+    model_uri: str  # models:/NAME/VERSION when registered, else the logged model's URI
+    model_version: str | None
+    out_dir: str
+    dataset_id: str
+    result: Any  # housegan.gan.train.TrainResult
+
+
+def train_tracked(
+    dataset_uri: str,
+    out_dir: str,
+    cfg: GanSettings,
+    tracking_uri: str,
+    experiment: str,
+    *,
+    resume: bool = False,
+    reporter: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> TrackedTraining:
+    """Train on a prepared dataset inside an MLflow run, then log and register G_ema.
+
+    The run id is kept in ``<out_dir>/mlflow_run.json``: ``resume`` continues that run (and the
+    newest checkpoint), so a spot interruption leaves one run per model, not one per segment.
+    """
+    from housegan.gan.train import train
+
+    info = _dataset_info(dataset_uri, storage_options)
+    run_id = read_run_id(out_dir, storage_options) if resume else None
+    run_name = f"cgan-{info['dataset_id']}-r{cfg.image_size}"
+    _ensure_sqlite_folder(tracking_uri)
+    with start_run(tracking_uri, experiment, run_name=run_name, run_id=run_id) as run:
+        run_id = run.info.run_id
+        _write_run_id(out_dir, run_id, tracking_uri, storage_options)
+        mlflow.set_tags({"stage": "train", "dataset_id": info["dataset_id"]})
+        if not _has_input(run_id, info["dataset_id"]):
+            log_dataset_input(
+                _dataset_frame(info),
+                name=f"gan-{info['dataset_id']}",
+                source=storage.normalize_uri(dataset_uri),
+                digest=info["dataset_id"],
+            )
+        result = train(
+            dataset_uri,
+            out_dir,
+            cfg,
+            resume=resume,
+            reporter=FanOutReporter(MlflowReporter(run_id), reporter),
+            storage_options=storage_options,
+        )
+        model = log_generator_model(
+            result.out_dir,
+            cfg.registered_model_name,
+            storage_options,
+            metadata={"dataset_id": result.dataset_id, "kimg": result.kimg},
+        )
+    version = model.registered_model_version
+    name = cfg.registered_model_name
+    model_uri = f"models:/{name}/{version}" if version is not None else model.model_uri
+    return TrackedTraining(
+        run_id=run_id,
+        model_uri=model_uri,
+        model_version=None if version is None else str(version),
+        out_dir=result.out_dir,
+        dataset_id=result.dataset_id,
+        result=result,
+    )
+
+
+def read_run_id(out_dir: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """The MLflow run that trained into ``out_dir`` before, if any."""
+    uri = storage.join(storage.normalize_uri(out_dir), RUN_FILE)
+    if not storage.exists(uri, storage_options):
+        return None
+    return json.loads(storage.read_bytes(uri, storage_options))["run_id"]
+
+
+def _write_run_id(
+    out_dir: str, run_id: str, tracking_uri: str, storage_options: Mapping[str, Any] | None
+) -> None:
+    body = json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}, indent=2).encode()
+    uri = storage.join(storage.normalize_uri(out_dir), RUN_FILE)
+    storage.write_bytes_atomic(uri, body, storage_options)
+
+
+def _ensure_sqlite_folder(tracking_uri: str) -> None:
+    """SQLite creates its database file, not the folder it sits in."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _dataset_info(dataset_uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    from housegan.gan.data import INFO_FILE
+
+    uri = storage.join(storage.normalize_uri(dataset_uri), INFO_FILE)
+    return json.loads(storage.read_bytes(uri, storage_options))
+
+
+def _dataset_frame(info: Mapping[str, Any]) -> pd.DataFrame:
+    """A one-row summary of a packed dataset: what the run input records."""
+    return pd.DataFrame(
+        [
+            {
+                "dataset_id": info["dataset_id"],
+                "image_size": info["image_size"],
+                "n": info["n"],
+                "cities": json.dumps(info["vocab"]["city"]),
+                "image_types": json.dumps(info["vocab"]["image_type"]),
+            }
+        ]
+    )
+
+
+def _has_input(run_id: str, digest: str) -> bool:
+    inputs = MlflowClient().get_run(run_id).inputs
+    return any(d.dataset.digest == digest for d in (inputs.dataset_inputs if inputs else []))
+
+
+@contextmanager
+def _local_model_dir(model_dir: str, storage_options: Mapping[str, Any] | None) -> Iterator[Path]:
+    """A local folder with the model files (downloaded first when ``model_dir`` is remote)."""
+    from housegan.gan import serving
+
+    if storage.is_local(model_dir):
+        yield storage.local_path(model_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="housegan-model-") as tmp:
+        for name in (serving.WEIGHTS_FILE, serving.CONFIG_FILE):
+            data = storage.read_bytes(storage.join(model_dir, name), storage_options)
+            Path(tmp, name).write_bytes(data)
+        yield Path(tmp)
+
+
+def _generator_requirements() -> list[str]:
+    """What the pyfunc needs, pinned as installed here (inferring them costs ~10 s).
+
+    The model's code also imports the ``housegan`` package, which the serving side installs.
+    """
+    from importlib.metadata import version
+
+    names = ("mlflow", "torch", "torchvision", "safetensors", "numpy", "pandas", "pillow")
+    return [f"{name}=={version(name)}" for name in names]

@@ -10,10 +10,9 @@ image_type, seed, n; output: uint8 images ``[sum(n), R, R, 3]`` in row order.
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from housegan.gan import serving
@@ -35,8 +34,9 @@ class GeneratorModel(PythonModel):
         )
 
     def predict(
-        self, context: PythonModelContext, model_input: Any, params: dict | None = None
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
     ) -> np.ndarray:
+        """Images for each request row, concatenated: uint8 ``[sum(n), R, R, 3]``."""
         if self.loaded is None:
             raise RuntimeError("model used before load_context")
         return serving.generate_requests(self.loaded, model_input)

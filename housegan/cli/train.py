@@ -1,0 +1,138 @@
+"""``housegan train``: pack a manifest's rows, train the conditional GAN, log and register it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from housegan.cli import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the conditional GAN on a manifest (uri, city, image_type)",
+        description="Rows with keep == False or status != 'ok' are left out when those columns "
+        "exist. Other knobs (width, lr, precision, ...) come from the `gan` config section.",
+    )
+    parser.add_argument(
+        "--manifest", required=True, help="a Parquet manifest file or a published collection"
+    )
+    parser.add_argument("--image-size", type=int, choices=(32, 64, 128), help="R (default 64)")
+    parser.add_argument("--kimg", type=float, help="budget in thousands of images shown")
+    parser.add_argument("--max-minutes", type=float, help="wall-clock budget of training")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from DIR's newest checkpoint and run"
+    )
+    parser.add_argument(
+        "--out", required=True, help="run folder: checkpoints/ and the model `generate` loads"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+    from tqdm import tqdm
+
+    from housegan import storage
+    from housegan.config import GanSettings, get_settings
+
+    settings = get_settings()
+    overrides = {
+        "image_size": args.image_size,
+        "kimg": args.kimg,
+        "max_minutes": args.max_minutes,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "seed": args.seed,
+    }
+    try:
+        cfg = GanSettings.model_validate(
+            {**settings.gan.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+    except ValidationError as exc:
+        raise UserError(f"invalid training options: {exc}") from exc
+    options = settings.storage_options()
+    out_dir = storage.normalize_uri(args.out)
+
+    dataset = _prepare(args.manifest, settings.store_uri, cfg.image_size, options)
+    print(
+        f"dataset {dataset.dataset_id}: {dataset.n} images, cities {dataset.cities}, "
+        f"types {dataset.image_types}"
+        + (f", {dataset.skipped} unreadable" if dataset.skipped else "")
+    )
+    from housegan import tracking
+
+    with tqdm(total=round(_total_kimg(cfg), 3), unit="kimg", desc="train") as bar:
+        tracked = tracking.train_tracked(
+            dataset.uri,
+            out_dir,
+            cfg,
+            settings.mlflow_tracking_uri,
+            settings.mlflow_experiment,
+            resume=args.resume,
+            reporter=ProgressReporter(bar),
+            storage_options=options,
+        )
+    result = tracked.result
+    print(
+        f"trained {result.step} steps, {result.kimg:.3f} kimg, {result.images_per_second:.1f} img/s"
+    )
+    print(f"mlflow run {tracked.run_id} ({settings.mlflow_tracking_uri}): sample grids under")
+    print("  its artifacts, images/samples*")
+    print(f"model {tracked.model_uri}; folder {out_dir}")
+    print(
+        f"try: housegan generate --model {args.out} --city {dataset.cities[0]} "
+        f"--image-type {dataset.image_types[0]} --seed 0 --n 16 --out samples.png"
+    )
+    return 0
+
+
+class ProgressReporter:
+    """Moves a tqdm bar (in kimg) and shows the latest losses and speed."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        if "progress/kimg" in metrics:
+            self.bar.update(round(metrics["progress/kimg"] - self.bar.n, 3))
+        shown = {"g": "loss/g", "d": "loss/d", "img/s": "speed/img_per_s"}
+        self.bar.set_postfix(
+            {label: f"{metrics[key]:.3g}" for label, key in shown.items() if key in metrics},
+            refresh=True,
+        )
+
+    def image(self, name: str, image: Any, step: int) -> None:
+        pass
+
+
+def _prepare(manifest_uri: str, store_uri: str, image_size: int, options: dict) -> Any:
+    from tqdm import tqdm
+
+    from housegan.gan.data import prepare
+
+    with tqdm(unit="img", desc="prepare") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            return prepare(manifest_uri, store_uri, image_size, options, progress=progress)
+        except FileNotFoundError as exc:
+            raise UserError(f"manifest not found: {manifest_uri} ({exc})") from exc
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+
+
+def _total_kimg(cfg: Any) -> float:
+    if cfg.steps is not None:
+        return cfg.steps * cfg.batch_size / 1000
+    return cfg.kimg
