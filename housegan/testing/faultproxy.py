@@ -110,6 +110,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._server = socket.create_server((host, 0))
+        self._server.settimeout(0.1)  # accept() wakes up to notice stop()
+        self._stopping = threading.Event()
         self.endpoint = f"http://{host}:{self._server.getsockname()[1]}"
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
@@ -147,12 +149,13 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
         self._server.close()
         with self._lock:
             connections = list(self._connections)
         for connection in connections:
             connection.close()
-        self._thread.join(timeout=5)
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -161,11 +164,14 @@ class FaultProxy:
         self.stop()
 
     def _accept_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 client, _ = self._server.accept()
+            except TimeoutError:
+                continue
             except OSError:
-                return  # closed by stop()
+                return
+            client.settimeout(None)
             try:
                 upstream = socket.create_connection(self.upstream, timeout=10)
                 upstream.settimeout(None)
