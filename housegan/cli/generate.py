@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from housegan.cli import UserError
 
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 def _load(model: str, device: str):
     from housegan.gan import serving
 
-    if serving.is_model_dir(model) or "://" not in model or model.startswith("file://"):
+    if not _is_mlflow_uri(model):
         try:
             return serving.load_generator(model, device=device)
         except FileNotFoundError as exc:
@@ -68,3 +69,11 @@ def _load(model: str, device: str):
         return tracking.load_generator_model(model, get_settings().mlflow_tracking_uri, device)
     except MlflowException as exc:
         raise UserError(f"cannot load {model}: {exc.message}") from exc
+
+
+def _is_mlflow_uri(model: str) -> bool:
+    """models:/NAME@ALIAS, models:/NAME/V, runs:/ID/PATH, s3://... (not a local folder)."""
+    scheme = model.split(":", 1)[0] if ":" in model else ""
+    return (
+        scheme.isidentifier() and len(scheme) > 1 and scheme != "file" and not Path(model).exists()
+    )
