@@ -12,6 +12,7 @@ import json
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -299,12 +300,14 @@ def train_tracked(
         _write_run_id(out_dir, run_id, tracking_uri, storage_options)
         mlflow.set_tags({"stage": "train", "dataset_id": info["dataset_id"]})
         if not _has_input(run_id, info["dataset_id"]):
-            log_dataset_input(
-                _dataset_frame(info),
-                name=f"gan-{info['dataset_id']}",
-                source=storage.normalize_uri(dataset_uri),
-                digest=info["dataset_id"],
-            )
+            with warnings.catch_warnings():  # MLflow's hints about a one-row summary frame
+                warnings.simplefilter("ignore", UserWarning)
+                log_dataset_input(
+                    _dataset_frame(info),
+                    name=f"gan-{info['dataset_id']}",
+                    source=storage.normalize_uri(dataset_uri),
+                    digest=info["dataset_id"],
+                )
         result = train(
             dataset_uri,
             out_dir,

@@ -1,0 +1,86 @@
+"""The training flow under a real (temporary) Prefect server, on a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from housegan.config import get_settings
+from tests.gan_helpers import write_photos
+
+TINY_GAN = {
+    "IMAGE_SIZE": "32",
+    "BATCH_SIZE": "8",
+    "KIMG": "0.032",
+    "WIDTH": "4",
+    "Z_DIM": "16",
+    "EMBED_DIM": "8",
+    "LOG_EVERY": "2",
+    "SNAPSHOT_EVERY": "2",
+    "GRID_PER_CLASS": "2",
+    "CPU_THREADS": "2",
+    "DEVICE": "cpu",
+}
+
+
+@pytest.fixture
+def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOUSEGAN_STORE_URI", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("HOUSEGAN_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for key, value in TINY_GAN.items():
+        monkeypatch.setenv(f"HOUSEGAN_GAN__{key}", value)
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_train_flow_returns_run_id_and_a_registered_model_that_generates(
+    prefect_harness: None, configured: Path
+) -> None:
+    import mlflow
+
+    from flows.train import train_flow
+    from housegan import storage, tracking
+    from housegan.gan import serving
+
+    manifest = write_photos(configured / "photos", per_class=4)
+    summary = train_flow(manifest_uri=str(manifest))
+
+    assert summary["step"] == 4 and summary["rollbacks"] == 0
+    assert summary["model_uri"] == f"models:/housegan-cgan/{summary['model_version']}"
+    client = mlflow.MlflowClient(get_settings().mlflow_tracking_uri)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [summary["dataset_id"]]
+    out_dir = storage.local_path(summary["out_dir"])
+    assert out_dir.is_relative_to(configured / "store" / "training")
+    model = tracking.load_generator_model(summary["model_uri"])
+    images = serving.generate(model, "boston", "landscape", seed=0, n=2)
+    assert images.shape == (2, 32, 32, 3)
+    folder = serving.generate(serving.load_generator(out_dir), "boston", "landscape", 0, 2)
+    assert images.tobytes() == folder.tobytes()
+
+
+@pytest.mark.integration
+def test_prepare_task_returns_only_ids_uris_and_counts(
+    prefect_harness: None, configured: Path
+) -> None:
+    from prefect import flow
+
+    from housegan import storage
+    from tasks.train import prepare_task
+
+    manifest = write_photos(configured / "photos", per_class=2)
+
+    @flow
+    def prepare_only() -> dict:
+        return prepare_task(str(manifest), get_settings().store_uri, 32)
+
+    summary = prepare_only()
+    assert json.loads(json.dumps(summary)) == summary  # plain values: ready for another worker
+    assert summary["n"] == 8 and summary["cities"] == ["austin", "boston"]
+    assert storage.exists(storage.join(summary["uri"], "data.safetensors"))
