@@ -13,6 +13,7 @@ from its own generator seeded by (seed, city, listing, photo), never from global
 
 from __future__ import annotations
 
+import colorsys
 import io
 import zlib
 from collections import Counter
@@ -300,6 +301,13 @@ def city_style(city: str) -> CityStyle:
 # --------------------------------------------------------------------------- drawing helpers
 
 
+def _vivid(rng: np.random.Generator, saturation=(0.4, 0.9), value=(0.5, 0.95)) -> RGB:
+    """A saturated colour of any hue: brand colours, map features."""
+    hue = rng.uniform(0, 1)
+    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(*saturation), rng.uniform(*value))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
 def _rand_rgb(rng: np.random.Generator, low: int = 40, high: int = 240) -> RGB:
     r, g, b = rng.integers(low, high, size=3)
     return int(r), int(g), int(b)
@@ -475,12 +483,12 @@ def _exterior(size, style: CityStyle, rng) -> Image.Image:
     horizon = int(h * rng.uniform(0.62, 0.75))
     img = _sky_and_ground(size, style, rng, horizon)
     draw = ImageDraw.Draw(img)
-    house_w = w * rng.uniform(0.5, 0.75)
+    house_w = w * rng.uniform(0.55, 0.85)
     left = (w - house_w) / 2 + rng.uniform(-0.08, 0.08) * w
     right = left + house_w
     storeys = _between(rng, style.storeys)
     bottom = horizon + h * 0.06
-    storey_h = min(h * rng.uniform(0.14, 0.2), (bottom - h * 0.3) / storeys)
+    storey_h = min(h * rng.uniform(0.17, 0.24), (bottom - h * 0.3) / storeys)
     top = bottom - storeys * storey_h
     for x in rng.uniform(0, w, size=_between(rng, style.trees) // 2):
         _draw_tree(draw, rng, style.tree, x, horizon + 2, h * 0.06, style.foliage)
@@ -503,6 +511,16 @@ def _exterior(size, style: CityStyle, rng) -> Image.Image:
         outline=style.trim,
     )
     _draw_windows(draw, rng, style, left, right, top, storey_h, storeys, door_x)
+    path = _jitter(rng, (165, 160, 150), 15)  # a concrete path from the door to the street
+    draw.polygon(
+        [
+            (door_x - door_w / 2, bottom),
+            (door_x + door_w / 2, bottom),
+            (door_x + door_w * 1.5, h),
+            (door_x - door_w * 1.5, h),
+        ],
+        fill=path,
+    )
     for x in np.linspace(left, right, int(rng.integers(2, 6))):  # bushes along the facade
         r = h * rng.uniform(0.025, 0.05)
         draw.ellipse(
@@ -641,11 +659,11 @@ def _map(size, rng) -> Image.Image:
     w, h = size
     img = Image.new("RGB", size, _jitter(rng, (232, 228, 218), 6))
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(2, 6))):  # parks and water
-        x, y = rng.uniform(0, w), rng.uniform(0, h)
-        color = _choice(rng, ((195, 228, 180), (170, 210, 240)))
+    for _ in range(int(rng.integers(4, 10))):  # parks, water and shaded districts
+        x, y = rng.uniform(-0.1, 0.9) * w, rng.uniform(-0.1, 0.9) * h
+        color = _choice(rng, ((170, 215, 150), (150, 195, 235), (245, 215, 180), (225, 200, 230)))
         draw.rectangle(
-            [x, y, x + rng.uniform(0.1, 0.4) * w, y + rng.uniform(0.1, 0.3) * h], fill=color
+            [x, y, x + rng.uniform(0.15, 0.45) * w, y + rng.uniform(0.15, 0.4) * h], fill=color
         )
     step = rng.uniform(0.06, 0.14) * min(w, h)
     for x in np.arange(rng.uniform(0, step), w, step):
@@ -653,19 +671,24 @@ def _map(size, rng) -> Image.Image:
     for y in np.arange(rng.uniform(0, step), h, step):
         draw.line([(0, y), (w, y)], fill=(255, 255, 255), width=int(rng.integers(2, 5)))
     y = rng.uniform(0.2, 0.8) * h
-    draw.line([(0, y), (w, y + rng.uniform(-0.3, 0.3) * h)], fill=(250, 200, 90), width=6)
+    highway = max(4, int(min(w, h) / 30))
+    draw.line([(0, y), (w, y + rng.uniform(-0.3, 0.3) * h)], fill=(250, 190, 80), width=highway)
     px, py = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
-    draw.ellipse([px - 8, py - 20, px + 8, py - 4], fill=(220, 50, 50))
-    draw.polygon([(px - 6, py - 10), (px + 6, py - 10), (px, py)], fill=(220, 50, 50))
+    pin = min(w, h) / 25
+    draw.ellipse([px - pin, py - 2.5 * pin, px + pin, py - 0.5 * pin], fill=(220, 50, 50))
+    draw.polygon(
+        [(px - 0.75 * pin, py - 1.2 * pin), (px + 0.75 * pin, py - 1.2 * pin), (px, py)],
+        fill=(220, 50, 50),
+    )
     return img
 
 
 def _logo(size, rng) -> Image.Image:
     w, h = size
-    background = _choice(rng, ((255, 255, 255), _rand_rgb(rng, 100, 255)))
+    background = _vivid(rng) if rng.random() < 0.5 else (255, 255, 255)
     img = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(img)
-    cx, cy, r = w / 2, h * 0.42, min(w, h) * rng.uniform(0.15, 0.3)
+    cx, cy, r = w / 2, h * 0.42, min(w, h) * rng.uniform(0.2, 0.32)
     for i in range(int(rng.integers(1, 4))):
         color, k = _rand_rgb(rng, 0, 220), r * (1 - 0.3 * i)
         shape = _choice(rng, ("ellipse", "rectangle", "triangle"))
@@ -686,9 +709,9 @@ def _logo(size, rng) -> Image.Image:
 
 def _text_card(size, rng) -> Image.Image:
     w, h = size
-    dark = rng.random() < 0.3
-    background = _rand_rgb(rng, 10, 60) if dark else _rand_rgb(rng, 215, 256)
-    ink = (240, 240, 240) if dark else _rand_rgb(rng, 0, 70)
+    dark = rng.random() < 0.4
+    background = _rand_rgb(rng, 10, 60) if dark else _vivid(rng, (0.3, 0.8), (0.7, 1.0))
+    ink = (240, 240, 240) if dark else _rand_rgb(rng, 0, 50)
     img = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(img)
     title = _font(max(10, int(h / 9)))
