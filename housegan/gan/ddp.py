@@ -7,6 +7,7 @@ training runs as a single process and every helper here is a no-op.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -72,9 +73,12 @@ def wrap(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     if not info.enabled:
         return module
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(
-        module, device_ids=device_ids, broadcast_buffers=False
-    )
+    with warnings.catch_warnings():
+        # Its successor, forward_sync_buffers=False, would still sync at init; same for us.
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return nn.parallel.DistributedDataParallel(
+            module, device_ids=device_ids, broadcast_buffers=False
+        )
 
 
 def all_gather(tensor: Tensor, info: DistInfo) -> list[Tensor]:
