@@ -331,3 +331,60 @@ def test_photos_and_store_on_s3(settings: Settings, s3_server, bucket: str):
     assert sorted(shas) == sorted(sha(data) for data in photos.values())
     assert vectors.shape == (3, 4096)
     assert embed.embed_manifest(manifest_uri, store_uri, cfg, options).computed == 0
+
+
+# --- Prefect tasks ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_shard_task_is_cached_by_shard_and_tag_and_a_vanished_part_is_redone(
+    prefect_harness, tmp_path: Path, store: str
+):
+    from prefect import flow
+
+    from tasks.embed import embed_shard_task, map_embed_shards
+
+    cfg = EmbedSettings(input_size=32, layer="conv5", num_workers=0)
+    photos = write_photos(tmp_path / "raw", range(4))
+    planned = embed.plan(publish_manifest(store, manifest_frame(photos)), store, cfg, shard_size=2)
+    shards = [shard.to_dict() for shard in planned.todo]
+
+    @flow
+    def embed_twice() -> tuple[list[str], list[str], str]:
+        first = map_embed_shards(shards, store, cfg)
+        storage.local_path(first[0]).unlink()
+        again = map_embed_shards(shards, store, cfg)
+        other_tag = embed_shard_task(shards[1], store, cfg.model_copy(update={"input_size": 48}))
+        return first, again, other_tag
+
+    first, again, other_tag = embed_twice()
+    assert again[1] == first[1]  # cached: not computed again
+    assert again[0] != first[0] and storage.exists(again[0])
+    assert other_tag not in first
+    parts = (storage.local_path(store) / "embeddings" / planned.tag / "parts").iterdir()
+    assert sorted(part.as_uri() for part in parts) == sorted(again)  # nothing else was written
+
+
+@pytest.mark.slow
+def test_embed_stage_maps_shards_on_a_two_worker_dask_cluster(
+    prefect_harness, tmp_path: Path, store: str
+):
+    from prefect import flow
+
+    from tasks.embed import embed_task_runner, run_embed_stage
+
+    cfg = EmbedSettings(input_size=32, layer="conv5", shard_size=2, dask_workers=2)
+    assert type(embed_task_runner(cfg)).__name__ == "DaskTaskRunner"
+    photos = write_photos(tmp_path / "raw", range(6))
+    manifest_uri = publish_manifest(store, manifest_frame(photos))
+
+    @flow
+    def stage() -> dict:
+        return run_embed_stage(manifest_uri, store, cfg)
+
+    summary = stage()
+    assert (summary["computed"], summary["reused"], summary["failed"]) == (6, 0, {})
+    shas, vectors = embed.load_embeddings(store, summary["tag"])
+    assert sorted(shas) == sorted(sha(data) for data in photos.values())
+    assert vectors.shape == (6, 512)
+    assert embed.plan(manifest_uri, store, cfg).todo == []
