@@ -288,12 +288,7 @@ class Trainer:
         if measure:
             self.scaler.unscale_(opt)
             grads = [p.grad for p in net.parameters() if p.grad is not None]
-            self.stats.add(
-                f"grad_norm/{name}",
-                torch.linalg.vector_norm(
-                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
-                ),
-            )
+            self.stats.add(f"grad_norm/{name}", torch.nn.utils.get_total_norm(grads))
         self.scaler.step(opt)
         self.scaler.update()
 
@@ -320,20 +315,20 @@ class Trainer:
         cfg = self.cfg
         self._report_params()
         snapshot = self.state_dict(clone=True)
-        started = last_checkpoint = last_log = time.monotonic()
+        started = clock = last_checkpoint = last_log = time.monotonic()
         start_nimg = log_nimg = self.nimg
         while self.step < self.total_steps:
-            tick = time.monotonic()
             log_due = (self.step + 1) % cfg.log_every == 0
             self.train_step(measure=log_due)
-            self.train_seconds += time.monotonic() - tick
+            now = time.monotonic()
+            self.train_seconds += now - clock  # this step and the last checks, logs, saves
+            clock = now
             checkpoint_due = bool(cfg.checkpoint_every_steps) and (
                 self.step % cfg.checkpoint_every_steps == 0
             )
             snapshot_due = self.step % cfg.snapshot_every == 0
             if not (log_due or checkpoint_due or snapshot_due or self.step == self.total_steps):
                 continue
-            now = time.monotonic()
             bad, time_up, checkpoint_time = self._agree(
                 bool(self._bad),
                 cfg.max_minutes is not None and self.train_seconds >= cfg.max_minutes * 60,
@@ -356,11 +351,14 @@ class Trainer:
                 break
         return self._finish(time.monotonic() - started, self.nimg - start_nimg)
 
-    def _agree(self, *flags: bool) -> list[bool]:
+    def _agree(self, bad: bool, *clock: bool) -> list[bool]:
         """Decisions all ranks take together: any rank's bad loss; rank 0's clock."""
-        bad = ddp.reduce_flags(torch.tensor([flags[0]], dtype=torch.int32), self.dist)
-        clock = ddp.broadcast(torch.tensor(flags[1:], dtype=torch.int32), self.dist)
-        return [bool(bad[0]), *(bool(v) for v in clock)]
+        bad_anywhere = ddp.reduce_flags(self._flags([bad]), self.dist)
+        clock_of_rank0 = ddp.broadcast(self._flags(list(clock)), self.dist)
+        return [bool(bad_anywhere[0]), *(bool(v) for v in clock_of_rank0.tolist())]
+
+    def _flags(self, values: list[bool]) -> Tensor:
+        return torch.tensor(values, dtype=torch.int32, device=self.device)  # NCCL needs CUDA
 
     def _rollback(self, snapshot: Mapping[str, Any]) -> None:
         self.rollbacks += 1
@@ -370,10 +368,10 @@ class Trainer:
                 f"(guard_max_rollbacks={self.cfg.guard_max_rollbacks}) at step {self.step}; "
                 f"lower g_lr/d_lr (now x{self.lr_scale:g}) or check the data"
             )
-        failed_at, rollbacks = self.step, self.rollbacks
+        failed_at, rollbacks, seconds = self.step, self.rollbacks, self.train_seconds
         lr_scale = self.lr_scale * self.cfg.guard_lr_factor
         self.load_state_dict(_clone_tensors(snapshot))  # optimizers would alias its tensors
-        self.rollbacks, self.lr_scale = rollbacks, lr_scale
+        self.rollbacks, self.lr_scale, self.train_seconds = rollbacks, lr_scale, seconds
         self._apply_lr()
         self._bad.zero_()
         self.stats.reset()
@@ -411,7 +409,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------- reporting
     def _report_params(self) -> None:
-        if self.reporter:
+        if self.reporter and self.checkpoint_step < 0:  # a resumed run reported them before
             params = {f"gan.{k}": v for k, v in self.cfg.model_dump(mode="json").items()}
             params.update({f"spec.{k}": v for k, v in asdict(self.spec).items()})
             params.update(dataset_id=self.dataset_id, world_size=self.dist.world_size)
@@ -506,7 +504,8 @@ class Trainer:
         uri = checkpoint.latest(self.out_dir, self.storage_options)
         if uri is None:
             return False
-        self.load_state_dict(checkpoint.load(uri, self.storage_options, map_location=self.device))
+        # On CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        self.load_state_dict(checkpoint.load(uri, self.storage_options, map_location="cpu"))
         self._apply_lr()  # config LRs (x the guard's scale) win over the saved ones
         self.last_checkpoint, self.checkpoint_step = uri, self.step
         return True
