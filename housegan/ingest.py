@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +29,10 @@ from http.client import IncompleteRead
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from housegan import manifest, storage
 from housegan.config import ImageLimits, IngestSettings
@@ -109,28 +111,17 @@ def ingest(
     listing = list_source(source_uri, cfg, storage_options)
     collection = manifest.collection_uri(storage.normalize_uri(store_uri))
     previous_uri, previous = _read_previous(collection, storage_options)
-    previous_by_key = {row["key"]: row for row in previous.to_dict("records")}
 
-    carried, to_fetch = plan(listing, previous_by_key)
+    carried, to_fetch = plan(listing, previous)
     fetched, failed = fetch_all(
         source_uri, to_fetch, limits, cfg, storage_options, key_pattern, started, progress
     )
-    listed_keys = {obj.key for obj in listing}
-    kept = [
-        previous_by_key[key] for key in failed if key in previous_by_key
-    ]  # a changed object that kept failing: its previous row stands until a run succeeds
-    gone = [
-        _as_missing(row)
-        for key, row in previous_by_key.items()
-        if key not in listed_keys and key not in failed
-    ]
-    frame = mark_duplicates(_frame(carried + fetched + kept + gone))
+    frame = assemble(listing, previous, carried, _frame(fetched), failed)
 
-    new = sum(1 for row in fetched if row["key"] not in previous_by_key)
     result = IngestResult(
         manifest_uri=previous_uri,
         counts=frame["status"].value_counts().sort_index().to_dict(),
-        new=new,
+        new=len({row["key"] for row in fetched} - set(previous["key"])),
         downloaded=sum(row["sha256"] is not None for row in fetched),
         listed=len(listing),
         published=False,
@@ -286,23 +277,40 @@ def _one_line(exc: BaseException) -> str:
 
 
 def plan(
-    listing: list[SourceObject], previous_by_key: Mapping[str, dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[SourceObject]]:
+    listing: list[SourceObject], previous: pd.DataFrame
+) -> tuple[pd.DataFrame, list[SourceObject]]:
     """Split the listing into carried rows (same key and etag, not missing) and objects to fetch."""
-    carried, to_fetch = [], []
-    for obj in listing:
-        row = previous_by_key.get(obj.key)
-        if row is not None and row["etag"] == obj.etag and row["status"] != Status.MISSING:
-            carried.append(row)
-        else:
-            to_fetch.append(obj)
-    return carried, to_fetch
+    listed = pd.DataFrame(
+        {"key": [obj.key for obj in listing], "etag": [obj.etag for obj in listing]}, dtype="str"
+    )
+    carried = previous.merge(listed, on=["key", "etag"])  # a hash join: fine at 200k+ rows
+    carried = carried[carried["status"].ne(Status.MISSING)]
+    carried_keys = set(carried["key"].tolist())
+    return carried, [obj for obj in listing if obj.key not in carried_keys]
 
 
-def _as_missing(row: Mapping[str, Any]) -> dict[str, Any]:
-    if row["status"] == Status.MISSING:
-        return dict(row)
-    return {**row, "status": str(Status.MISSING), "dup_of": None, "error": "gone from source"}
+def assemble(
+    listing: list[SourceObject],
+    previous: pd.DataFrame,
+    carried: pd.DataFrame,
+    fetched: pd.DataFrame,
+    failed: Mapping[str, str],
+) -> pd.DataFrame:
+    """The new version: carried + fetched rows, previous rows of objects that failed to fetch
+    (until a run succeeds) and of objects gone from the source (marked missing); dedupe last."""
+    listed_keys = {obj.key for obj in listing}
+    kept = previous[_is_in(previous["key"], failed)]
+    gone = previous[~_is_in(previous["key"], listed_keys)].copy()
+    newly_gone = gone["status"].ne(Status.MISSING)
+    gone.loc[newly_gone, ["status", "error", "dup_of"]] = [
+        str(Status.MISSING),
+        "gone from source",
+        None,
+    ]
+    parts = [part for part in (carried, fetched, kept, gone) if len(part)]
+    if not parts:
+        return manifest.empty_frame(IMAGE_MANIFEST_SCHEMA)
+    return mark_duplicates(_conform(pd.concat(parts, ignore_index=True)))
 
 
 # ---- fetching ------------------------------------------------------------------------------
@@ -507,12 +515,23 @@ _TRANSIENT_TYPE_NAMES = {
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if not rows:
         return manifest.empty_frame(IMAGE_MANIFEST_SCHEMA)
-    frame = pd.DataFrame.from_records(rows, columns=IMAGE_MANIFEST_SCHEMA.names)
-    # All-null columns would come out float: give text columns their dtype before any update.
+    return _conform(pd.DataFrame.from_records(rows, columns=IMAGE_MANIFEST_SCHEMA.names))
+
+
+def _is_in(keys: pd.Series, values: Iterable[str]) -> np.ndarray:
+    """``keys.isin(values)`` in pyarrow: pandas' own loops over Python objects for text."""
+    value_set = pa.array(list(values), type=pa.string())
+    return pc.is_in(pa.array(keys, type=pa.string()), value_set=value_set).to_numpy(
+        zero_copy_only=False
+    )
+
+
+def _conform(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as text: an all-null column would otherwise be float and refuse a key."""
     for column in IMAGE_MANIFEST_SCHEMA:
         if pa.types.is_string(column.type):
             frame[column.name] = frame[column.name].astype("str")
-    return frame.sort_values("key", ignore_index=True)
+    return frame
 
 
 def mark_duplicates(frame: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,14 @@ import pytest
 
 from housegan import manifest, storage
 from housegan.config import Settings, get_settings
-from housegan.ingest import IngestError, IngestResult, ingest
+from housegan.ingest import (
+    IngestError,
+    IngestResult,
+    ingest,
+    is_transient,
+    list_source,
+    object_reader,
+)
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA, Status
 from housegan.stack import free_port
 from housegan.testing import photo_bytes
@@ -245,6 +252,16 @@ def test_duplicate_choice_follows_key_order_not_arrival(s3_server, bucket, setti
         "duplicate",
         "austin/1/a.jpg",
     )
+
+
+def test_object_replaced_after_listing_is_not_read_under_the_old_etag(s3_server, bucket, settings):
+    put(s3_server, bucket, {"boston/1/a.jpg": photo_bytes(seed=1)})
+    (listed,) = list_source(settings.source_uri, settings.ingest, settings.storage_options())
+    put(s3_server, bucket, {"boston/1/a.jpg": photo_bytes(seed=2)})  # new bytes, new etag
+    read = object_reader(settings.source_uri, settings.ingest, settings.storage_options())
+    with pytest.raises(Exception, match="PreconditionFailed") as raised:
+        read(listed)
+    assert not is_transient(raised.value)  # reported as failed; the next run lists it again
 
 
 def test_missing_bucket_raises_ingest_error_naming_it(s3_server, settings):
