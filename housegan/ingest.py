@@ -3,10 +3,14 @@
 One manifest row per source object (``manifest.IMAGE_MANIFEST_SCHEMA``), keyed by ``key``: the
 object's path relative to the source URI (what ``key_pattern`` reads city and listing from).
 
-* Listing is paginated (fsspec ``find``); folder markers and dotfile components are skipped.
+* Listing is paginated (fsspec ``find``, so ``file://`` sources work too); folder markers and
+  dotfile components are skipped. A first, bounded request fails fast with one clear line when
+  the endpoint is unreachable, the bucket missing or the credentials refused.
 * An object whose (key, etag) is in the latest manifest is not downloaded: its row is carried.
-* Fetches run in a bounded thread pool with per-request connect/read timeouts and retries with
-  backoff on transient errors; the fetched length must equal the listed size.
+* Fetches run in a bounded thread pool (S3: boto3 GETs conditional on the listed etag) with
+  per-request connect/read timeouts and retries with backoff on transient errors (timeouts,
+  resets, cut bodies, 5xx, throttling); the fetched length must equal the listed size.
+* Validation fully decodes each image (``housegan.images``); zero-byte objects are ``not_image``.
 * Identical bytes: the first key in sorted order stays ``ok``, later keys are ``duplicate``
   with ``dup_of`` naming it, whatever order the fetches finished in.
 * An object gone from the source keeps its previous row, marked ``missing``.

@@ -18,6 +18,7 @@ import pytest
 
 from housegan import manifest, storage
 from housegan.config import Settings, get_settings
+from housegan.images import ImageRejected, load_rgb
 from housegan.ingest import (
     IngestError,
     IngestResult,
@@ -170,6 +171,16 @@ def test_manifest_file_matches_the_schema(defect_manifest):
 
     table = pq.read_table(storage.local_path(result.manifest_uri))
     assert table.schema.equals(IMAGE_MANIFEST_SCHEMA, check_metadata=False)
+
+
+def test_load_rgb_gives_displayed_rgb_and_rejects_unusable_bytes():
+    limits = Settings().images
+    rotated = load_rgb(photo_bytes(80, 40, seed=4, exif_orientation=6), limits)
+    assert (rotated.size, rotated.mode) == ((40, 80), "RGB")
+    assert load_rgb(photo_bytes(mode="CMYK", seed=7), limits).mode == "RGB"
+    with pytest.raises(ImageRejected) as rejected:
+        load_rgb(photo_bytes(96, 64, seed=2)[:900], limits)
+    assert rejected.value.check.status == Status.CORRUPT
 
 
 def test_object_over_max_bytes_is_too_large_and_not_fetched(s3_server, bucket, settings):
