@@ -109,6 +109,8 @@ def prefect_harness() -> Iterator[None]:
 
     saved = os.environ.pop("PREFECT_API_URL", None)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    # Tasks called alone (outside a flow run) log locally instead of warning.
+    os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
     try:
         with prefect_test_harness(server_startup_timeout=120):
             yield
