@@ -176,7 +176,13 @@ class MlflowReporter:
         flat = {k: str(v)[:_MAX_PARAM_CHARS] for k, v in flatten(params).items()}
         new = [Param(k, v) for k, v in flat.items() if k not in logged]
         changed = [RunTag(f"resumed.{k}", v) for k, v in flat.items() if logged.get(k, v) != v]
-        self.client.log_batch(self.run_id, params=new, tags=changed, synchronous=True)
+        for start in range(0, max(len(new), len(changed)), 100):  # MLflow's batch limit
+            self.client.log_batch(
+                self.run_id,
+                params=new[start : start + 100],
+                tags=changed[start : start + 100],
+                synchronous=True,
+            )
 
 
 class FanOutReporter:
@@ -270,6 +276,7 @@ class TrackedTraining:
     model_version: str | None
     out_dir: str
     dataset_id: str
+    samples_uri: str  # the folder of the run's sample grids, images/samples+step+<N>+...png
     result: Any  # housegan.gan.train.TrainResult
 
 
@@ -297,6 +304,7 @@ def train_tracked(
     _ensure_sqlite_folder(tracking_uri)
     with start_run(tracking_uri, experiment, run_name=run_name, run_id=run_id) as run:
         run_id = run.info.run_id
+        samples_uri = f"{run.info.artifact_uri}/images"
         _write_run_id(out_dir, run_id, tracking_uri, storage_options)
         mlflow.set_tags({"stage": "train", "dataset_id": info["dataset_id"]})
         if not _has_input(run_id, info["dataset_id"]):
@@ -331,6 +339,7 @@ def train_tracked(
         model_version=None if version is None else str(version),
         out_dir=result.out_dir,
         dataset_id=result.dataset_id,
+        samples_uri=samples_uri,
         result=result,
     )
 

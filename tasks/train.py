@@ -109,6 +109,7 @@ def train_task(
         "model_version": tracked.model_version,
         "out_dir": tracked.out_dir,
         "dataset_id": tracked.dataset_id,
+        "samples_uri": tracked.samples_uri,
         "step": result.step,
         "kimg": result.kimg,
         "images_per_second": result.images_per_second,
@@ -140,7 +141,7 @@ def _model_markdown(summary: dict[str, Any], tracking_uri: str) -> str:
         *(f"| {key} | `{value}` |" for key, value in summary.items()),
         f"| tracking | `{tracking_uri}` |",
         "",
-        "Sample grids are the run's `samples` images in MLflow. Generate with "
+        f"Sample grids: `{summary['samples_uri']}`. Generate with "
         f"`housegan generate --model {summary['model_uri']} --city C --image-type T --seed 0`.",
     ]
     return "\n".join(lines)

@@ -65,24 +65,28 @@ def run(args: argparse.Namespace) -> int:
         + (f", {dataset.skipped} unreadable" if dataset.skipped else "")
     )
     from housegan import tracking
+    from housegan.gan.train import TrainingDiverged
 
     with tqdm(total=round(_total_kimg(cfg), 3), unit="kimg", desc="train") as bar:
-        tracked = tracking.train_tracked(
-            dataset.uri,
-            out_dir,
-            cfg,
-            settings.mlflow_tracking_uri,
-            settings.mlflow_experiment,
-            resume=args.resume,
-            reporter=ProgressReporter(bar),
-            storage_options=options,
-        )
+        try:
+            tracked = tracking.train_tracked(
+                dataset.uri,
+                out_dir,
+                cfg,
+                settings.mlflow_tracking_uri,
+                settings.mlflow_experiment,
+                resume=args.resume,
+                reporter=ProgressReporter(bar),
+                storage_options=options,
+            )
+        except (TrainingDiverged, ValueError) as exc:  # e.g. a checkpoint of other data
+            raise UserError(str(exc)) from exc
     result = tracked.result
     print(
         f"trained {result.step} steps, {result.kimg:.3f} kimg, {result.images_per_second:.1f} img/s"
     )
-    print(f"mlflow run {tracked.run_id} ({settings.mlflow_tracking_uri}): sample grids under")
-    print("  its artifacts, images/samples*")
+    print(f"mlflow run {tracked.run_id} in {settings.mlflow_tracking_uri}")
+    print(f"sample grids: {tracked.samples_uri}/samples+step+<N>+*.png")
     print(f"model {tracked.model_uri}; folder {out_dir}")
     print(
         f"try: housegan generate --model {args.out} --city {dataset.cities[0]} "
