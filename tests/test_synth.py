@@ -170,6 +170,15 @@ def test_seed_in_truth_redraws_the_photo(small_dataset):
     assert np.array_equal(np.asarray(redrawn), np.asarray(_open(root, row["key"])))
 
 
+@pytest.mark.parametrize("size", [synth.TINY_SIZE, (640, 160), (160, 640)])
+def test_every_kind_renders_at_extreme_sizes(size):
+    for kind in synth.KINDS:
+        for city in ("miami", "city12"):
+            for seed in range(4):
+                img = synth.render(kind, city, np.random.default_rng(seed), size)
+                assert (img.size, img.mode) == (size, "RGB")
+
+
 def test_kind_mix_resembles_a_real_bucket():
     plan = synth.plan_dataset(cities=4, per_city=150, seed=0, defects=False)
     kinds = np.array([p.kind for p in plan])
@@ -317,8 +326,10 @@ def _random_vgg_fc7(images, size: int = 112) -> np.ndarray:
 
 @pytest.mark.slow
 def test_kinds_are_separable_with_random_init_vgg16():
-    """Issue 3 must show: 30 labels per type -> >= 90% type accuracy on the rest (~40 s)."""
+    """Issue 3 must show: 30 labels per type -> >= 90% type accuracy on the rest (~1-2 min)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     images, kinds, _ = _render_set(synth.KINDS, synth.city_names(5), per_class=16, seed=13)
     features = _random_vgg_fc7(images)
@@ -326,7 +337,9 @@ def test_kinds_are_separable_with_random_init_vgg16():
     train = np.zeros(len(kinds), bool)
     for kind in synth.KINDS:
         train[rng.choice(np.flatnonzero(kinds == kind), 30, replace=False)] = True
-    model = LogisticRegression(max_iter=2000).fit(features[train], kinds[train])
+    # Standardised: on the raw centred vectors (norm ~0.17) the default C=1 under-fits.
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(features[train], kinds[train])
     accuracy = float((model.predict(features[~train]) == kinds[~train]).mean())
     print(f"random-init VGG16 fc7 type accuracy with 30 labels per type: {accuracy:.3f}")
     assert accuracy >= 0.9
