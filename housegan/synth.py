@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import colorsys
 import io
+import json
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -285,7 +287,10 @@ def city_style(city: str) -> CityStyle:
         return _STYLES[city]
     rng = np.random.default_rng(zlib.crc32(city.encode()))
     base = list(_STYLES.values())
-    pick = lambda: base[int(rng.integers(len(base)))]  # noqa: E731 - mixes traits of cities
+
+    def pick() -> CityStyle:  # each trait from some known city, walls of its own
+        return base[int(rng.integers(len(base)))]
+
     return replace(
         pick(),
         sky=pick().sky,
@@ -351,9 +356,15 @@ def _finish(img: Image.Image, rng: np.random.Generator, grain: float) -> Image.I
     return ImageChops.add(img, Image.fromarray(noise).convert("RGB"), offset=-128)
 
 
-@lru_cache(maxsize=32)
+_thread_fonts = threading.local()
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
+    """The default font at ``size``, one per thread (a FreeType face is not thread-safe)."""
+    fonts = _thread_fonts.__dict__.setdefault("by_size", {})
+    if size not in fonts:
+        fonts[size] = ImageFont.load_default(size=size)
+    return fonts[size]
 
 
 _LETTERS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ      "))
@@ -1052,6 +1063,16 @@ def synthesize(
     buffer = io.BytesIO()
     table = pa.Table.from_pandas(
         _truth_frame(plan, dest), schema=TRUTH_SCHEMA, preserve_index=False
+    )
+    recipe = {
+        "dest": dest,
+        "cities": cities,
+        "per_city": per_city,
+        "seed": seed,
+        "defects": defects,
+    }
+    table = table.replace_schema_metadata(
+        {**TRUTH_SCHEMA.metadata, b"housegan.synth": json.dumps(recipe).encode()}
     )
     pq.write_table(table, buffer, compression="zstd")
     storage.write_bytes_atomic(truth_uri, buffer.getvalue(), storage_options)
