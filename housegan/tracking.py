@@ -411,9 +411,11 @@ def _local_model_dir(model_dir: str, storage_options: Mapping[str, Any] | None) 
 def _generator_requirements() -> list[str]:
     """What the pyfunc needs, pinned as installed here (inferring them costs ~10 s).
 
-    The model's code also imports the ``housegan`` package, which the serving side installs.
+    The model's code imports ``housegan.gan.serving``: the serving side installs ``housegan``
+    too (it is not copied into the model with ``code_paths``, where a partial copy could
+    shadow the installed package).
     """
     from importlib.metadata import version
 
-    names = ("mlflow", "torch", "torchvision", "safetensors", "numpy", "pandas", "pillow")
+    names = ("mlflow", "torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "fsspec")
     return [f"{name}=={version(name)}" for name in names]

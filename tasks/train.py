@@ -28,10 +28,17 @@ TRAINING_DIR = "training"
 PROGRESS_EVERY_S = 5.0
 
 
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """A missing manifest or one without trainable rows will not fix itself on retry."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, FileNotFoundError | ValueError)
+
+
 @task(
     name="prepare-gan-dataset",
     retries=2,
     retry_delay_seconds=10,
+    retry_condition_fn=_transient,
     # prepare is content-addressed: a rerun finds <store>/datasets/<id>/ and only reads rows.
     cache_policy=NO_CACHE,
 )
