@@ -1084,3 +1084,26 @@ def read_truth(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd
     table = pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options)))
     nullable_ints = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
     return table.to_pandas(types_mapper=nullable_ints.get)
+
+
+def write_truth_labels(
+    truth_uri: str,
+    *,
+    per_type: int,
+    seed: int = 0,
+    labels_uri: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Play the human labeller: a label CSV (``key,label``) of ``per_type`` clean photos per kind,
+    drawn from the truth; returns its URI (default: beside the truth file)."""
+    truth = read_truth(truth_uri, storage_options)
+    clean = truth[truth["defect"].isna() & truth["kind"].notna()]
+    picked = [
+        group.sample(n=min(per_type, len(group)), random_state=seed)
+        for _, group in clean.groupby("kind", sort=True)
+    ]
+    frame = pd.concat(picked)[["key", "kind"]].rename(columns={"kind": "label"})
+    uri = labels_uri or truth_uri.removesuffix(".parquet") + f"_labels_{per_type}_s{seed}.csv"
+    body = frame.sort_values("key").to_csv(index=False).encode()
+    storage.write_bytes_atomic(uri, body, storage_options)
+    return uri

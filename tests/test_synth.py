@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from housegan import synth
+from housegan import storage, synth
 from housegan.cli import main
 
 SMALL = {"cities": 2, "per_city": 5}
@@ -186,6 +187,19 @@ def test_kind_mix_resembles_a_real_bucket():
         assert abs((kinds == kind).mean() - weight) < 0.04, kind
     per_listing = np.unique([p.listing_id for p in plan], return_counts=True)[1]
     assert per_listing.min() >= 1 and per_listing.max() <= 5
+
+
+def test_truth_labels_name_clean_photos_of_each_kind(small_dataset):
+    _, result, truth = small_dataset
+    uri = synth.write_truth_labels(result.truth_uri, per_type=2, seed=1)
+    labels = pd.read_csv(io.BytesIO(storage.read_bytes(uri)))
+    assert list(labels.columns) == ["key", "label"]
+    assert labels["label"].value_counts().max() <= 2
+    by_key = truth.set_index("key")
+    assert (by_key.loc[labels["key"], "kind"].to_numpy() == labels["label"].to_numpy()).all()
+    assert by_key.loc[labels["key"], "defect"].isna().all()
+    assert synth.write_truth_labels(result.truth_uri, per_type=2, seed=1) == uri
+    assert pd.read_csv(io.BytesIO(storage.read_bytes(uri))).equals(labels)
 
 
 def test_truth_must_not_lie_under_the_photos(tmp_path):
