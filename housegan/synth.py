@@ -970,7 +970,7 @@ def _materialize(photo: _Planned) -> bytes:
 
 
 def _displayed_size(photo: _Planned) -> tuple[int | None, int | None]:
-    if photo.kind is None or photo.defect == "truncated_jpeg":
+    if photo.kind is None:
         return None, None
     w, h = TINY_SIZE if photo.defect == "tiny" else (photo.size or (None, None))
     return w, h
