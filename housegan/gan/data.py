@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -111,33 +113,21 @@ def prepare(
     if storage.exists(storage.join(folder, INFO_FILE), storage_options):
         return _prepared_from_info(folder, storage_options)
 
-    def load(uri: str) -> np.ndarray | str:
-        try:
-            return load_image(storage.read_bytes(uri, storage_options), image_size)
-        except Exception as error:  # one bad photo is recorded, never fatal
-            return f"{type(error).__name__}: {error}"
-
     uris = rows["uri"].tolist()
-    results: list[np.ndarray | str] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(load, uris):
-            results.append(result)
-            if progress:
-                progress(len(results), len(uris))
-    ok = np.array([isinstance(r, np.ndarray) for r in results], dtype=bool)
+    images, errors = _decode_all(uris, image_size, storage_options, progress, workers)
+    ok = np.ones(len(uris), dtype=bool)
+    ok[list(errors)] = False
     if not ok.any():
         raise ValueError(f"none of the {len(uris)} images of {manifest_uri} could be decoded")
     kept = rows.loc[ok]
     cities = sorted(kept["city"].astype(str).unique())
     types = sorted(kept["image_type"].astype(str).unique())
     arrays = {
-        "images": np.stack([r for r in results if isinstance(r, np.ndarray)]),
+        "images": images[ok] if errors else images,
         "city": _codes(kept["city"], cities),
         "image_type": _codes(kept["image_type"], types),
     }
-    skipped = [
-        {"uri": u, "error": r} for u, r in zip(uris, results, strict=True) if isinstance(r, str)
-    ]
+    skipped = [{"uri": uris[i], "error": error} for i, error in sorted(errors.items())]
     info = {
         "format": FORMAT,
         "dataset_id": ds_id,
@@ -150,14 +140,42 @@ def prepare(
     return _prepared_from_info(folder, storage_options)
 
 
+def _decode_all(
+    uris: list[str],
+    image_size: int,
+    storage_options: Mapping[str, Any] | None,
+    progress: Progress | None,
+    workers: int,
+) -> tuple[np.ndarray, dict[int, str]]:
+    """All photos decoded into one preallocated array; errors by row index (rows left zero)."""
+    images = np.zeros((len(uris), image_size, image_size, 3), dtype=np.uint8)
+    errors: dict[int, str] = {}
+
+    def load(index: int) -> None:
+        try:
+            images[index] = load_image(storage.read_bytes(uris[index], storage_options), image_size)
+        except Exception as error:  # one bad photo is recorded, never fatal
+            errors[index] = f"{type(error).__name__}: {error}"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, _ in enumerate(pool.map(load, range(len(uris))), start=1):
+            if progress:
+                progress(done, len(uris))
+    return images, errors
+
+
 def load_packed(uri: str, storage_options: Mapping[str, Any] | None = None) -> PackedDataset:
     """Load a prepared dataset (its folder or its ``data.safetensors``) into memory."""
-    from safetensors.numpy import load as load_safetensors
+    from safetensors.numpy import load, load_file
 
     uri = storage.normalize_uri(uri)
     folder = uri.rsplit("/", 1)[0] if uri.endswith(DATA_FILE) else uri
     info = json.loads(storage.read_bytes(storage.join(folder, INFO_FILE), storage_options))
-    arrays = load_safetensors(storage.read_bytes(storage.join(folder, DATA_FILE), storage_options))
+    data_uri = storage.join(folder, DATA_FILE)
+    if storage.is_local(data_uri):
+        arrays = load_file(storage.local_path(data_uri))
+    else:
+        arrays = load(storage.read_bytes(data_uri, storage_options))
     return PackedDataset(
         dataset_id=info["dataset_id"],
         images=arrays["images"],
@@ -197,11 +215,21 @@ def _write_dataset(
     info: dict[str, Any],
     storage_options: Mapping[str, Any] | None,
 ) -> None:
-    from safetensors.numpy import save as save_safetensors
+    from safetensors.numpy import save, save_file
 
-    data = save_safetensors(arrays, metadata={"format": FORMAT, "dataset_id": info["dataset_id"]})
-    storage.write_bytes_atomic(storage.join(folder, DATA_FILE), data, storage_options)
-    del data
+    metadata = {"format": FORMAT, "dataset_id": info["dataset_id"]}
+    data_uri = storage.join(folder, DATA_FILE)
+    if storage.is_local(data_uri):  # straight to disk: no second in-memory copy of the images
+        path = storage.local_path(data_uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            save_file(arrays, partial, metadata=metadata)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    else:
+        storage.write_bytes_atomic(data_uri, save(arrays, metadata=metadata), storage_options)
     storage.write_bytes_atomic(
         storage.join(folder, SKIPPED_FILE), json.dumps(skipped, indent=1).encode(), storage_options
     )
