@@ -93,18 +93,23 @@ def bench_stage(manifest_uri: str, store_uri: str, cfg: EmbedSettings) -> float:
     return result.computed / elapsed
 
 
-def bench_pure_model(paths: list[Path], cfg: EmbedSettings) -> float:
+def bench_pure_model(paths: list[Path], cfg: EmbedSettings) -> tuple[float, float, float]:
+    """(images/s, CPU ms per image to read + decode, CPU ms per image of the model)."""
     model = embed.build_model(cfg)
+    cpu_started = time.process_time()
     pixels = torch.stack([embed.load_photo(path.read_bytes(), cfg.input_size) for path in paths])
+    decode_cpu = time.process_time() - cpu_started
     batches = [
         embed.to_model_input(pixels[start : start + cfg.batch_size], torch.device("cpu"))
         for start in range(0, len(paths), cfg.batch_size)
     ]
     embed.embed_batch(model, batches[0], cfg.bf16)  # warm-up
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for batch in batches:
         embed.embed_batch(model, batch, cfg.bf16)
-    return len(paths) / (time.perf_counter() - started)
+    elapsed, model_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    per_image_ms = 1000 / len(paths)
+    return len(paths) / elapsed, decode_cpu * per_image_ms, model_cpu * per_image_ms
 
 
 def bench_naive(paths: list[Path], cfg: EmbedSettings) -> float:
@@ -151,9 +156,11 @@ def main() -> None:
         for round_no in range(args.rounds):
             store = (root / f"store{round_no}").as_uri()
             stages.append(bench_stage(publish_manifest(paths, store), store, cfg))
-            pures.append(bench_pure_model(paths, cfg))
+            pure, decode_ms, model_ms = bench_pure_model(paths, cfg)
+            pures.append(pure)
             print(
-                f"  round {round_no}: stage {stages[-1]:.1f}, pure model {pures[-1]:.1f} images/s"
+                f"  round {round_no}: stage {stages[-1]:.1f}, pure model {pure:.1f} images/s; "
+                f"CPU per image: decode {decode_ms:.1f} ms, model {model_ms:.1f} ms"
             )
         naive = bench_naive(paths[: args.naive_n], cfg)
 
