@@ -135,12 +135,18 @@ class CurateSettings(BaseModel):
     quality_max_side: int = Field(128, ge=16)
     quality_workers: int = Field(8, ge=1, description="photos read and scored at once")
     near_duplicate_cosine: float | None = Field(
-        None, description="fixed threshold; None calibrates it on the data for the model tag"
+        None, description="fixed threshold; None calibrates it per cluster on the data"
     )
     near_duplicate_percentile: float = Field(
-        99.0, description="calibration: this pct of k-th neighbour cosine (distinct photos)"
+        99.0, description="calibration: this pct of k-th neighbour cosine = distinct photos"
+    )
+    near_duplicate_gap_fraction: float = Field(
+        0.2, gt=0, lt=1, description="calibrated: 1 - cosine below this share of distinct's"
     )
     near_duplicate_min_cosine: float = Field(0.9, description="calibrated value never below")
+    near_duplicate_min_group: int = Field(
+        20, ge=2, description="smaller clusters use the threshold calibrated on all photos"
+    )
     outlier_percentile: float = 98.0
     outlier_min_group: int = Field(20, ge=2, description="smaller (city, type) groups: no outliers")
     knn_k: int = Field(5, ge=1)

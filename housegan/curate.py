@@ -63,6 +63,7 @@ CURATED_SCHEMA = pa.schema(
         *(pa.field(name, pa.bool_(), nullable=False) for name in FLAG_COLUMNS),
         pa.field("near_dup_of", pa.string()),
         pa.field("near_dup_cosine", pa.float32()),
+        pa.field("near_dup_threshold", pa.float32()),
         pa.field("outlier_score", pa.float32()),
         pa.field("is_outlier", pa.bool_(), nullable=False),
         pa.field("keep", pa.bool_(), nullable=False),
@@ -79,7 +80,8 @@ CURATED_SCHEMA = pa.schema(
 class NearDuplicates:
     near_dup_of: np.ndarray  # per row: key of the kept photo of its group, or None
     cosine: np.ndarray  # per row: highest cosine to another row (nearest neighbour)
-    threshold: float
+    threshold: np.ndarray  # per row: the cosine its neighbours had to reach
+    thresholds: dict[str, float]  # per group (cluster) the threshold used; "all" for the rest
     calibrated: bool
     groups: int
 
@@ -102,38 +104,65 @@ def neighbours(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 - distance**2 / 2.0, index
 
 
-def calibrate_threshold(cosine: np.ndarray, cfg: CurateSettings) -> float:
-    """A cosine above which two photos count as near-duplicates, from the data itself.
+def calibrate_threshold(kth_cosine: np.ndarray, cfg: CurateSettings) -> float:
+    """The cosine above which two photos count as near-duplicates, from the data itself.
 
-    A photo's k-th nearest neighbour is, for all but groups of k+ copies, a distinct photo; a
-    high percentile of that similarity is what distinct photos reach under this model tag.
+    A photo's k-th nearest neighbour is, unless it has k or more copies, a distinct photo, so
+    a high percentile of that similarity is as close as distinct photos get here. A
+    near-duplicate must be much closer than that: within ``near_duplicate_gap_fraction`` of
+    the remaining distance to a perfect match (1 - cosine).
     """
-    kth = cosine[:, -1]
-    return float(
-        min(
-            0.9999,
-            max(cfg.near_duplicate_min_cosine, np.percentile(kth, cfg.near_duplicate_percentile)),
-        )
-    )
+    distinct = float(np.percentile(kth_cosine, cfg.near_duplicate_percentile))
+    threshold = 1.0 - cfg.near_duplicate_gap_fraction * (1.0 - distinct)
+    return float(min(0.9999, max(cfg.near_duplicate_min_cosine, threshold)))
+
+
+def group_thresholds(
+    kth_cosine: np.ndarray, groups: np.ndarray, cfg: CurateSettings
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-row thresholds calibrated within each group (cluster): photo kinds differ in how
+    alike distinct photos look (floorplans far more than exteriors). Groups too small to
+    calibrate on use the threshold of all rows."""
+    overall = calibrate_threshold(kth_cosine, cfg)
+    per_row = np.full(len(kth_cosine), overall)
+    used = {"all": overall}
+    for group in np.unique(groups):
+        members = groups == group
+        if members.sum() >= cfg.near_duplicate_min_group:
+            used[str(group)] = calibrate_threshold(kth_cosine[members], cfg)
+            per_row[members] = used[str(group)]
+    return per_row, used
 
 
 def find_near_duplicates(
-    keys: np.ndarray, reduced: np.ndarray, cfg: CurateSettings
+    keys: np.ndarray,
+    reduced: np.ndarray,
+    cfg: CurateSettings,
+    groups: np.ndarray | None = None,
 ) -> NearDuplicates:
     """Group photos whose centred, projected embeddings are closer than the threshold.
 
-    Groups are connected components of the thresholded k-NN graph; the first key of each
-    group is kept and the others point at it.
+    Two photos are linked when their cosine reaches the threshold of both (per-group
+    calibrated unless ``near_duplicate_cosine`` is set); groups are connected components of
+    those links. The first key of each group is kept and the others point at it.
     """
     n = len(keys)
-    empty = np.full(n, None, dtype=object)
     if n < 2:
-        return NearDuplicates(empty, np.full(n, np.nan), cfg.near_duplicate_cosine or 1.0, False, 0)
+        fixed = cfg.near_duplicate_cosine or 1.0
+        return NearDuplicates(
+            np.full(n, None, dtype=object), np.full(n, np.nan), np.full(n, fixed), {}, False, 0
+        )
     unit = cluster.normalize_rows(reduced)
     cosine, index = neighbours(unit, max(cfg.knn_k, 1))
     calibrated = cfg.near_duplicate_cosine is None
-    threshold = calibrate_threshold(cosine, cfg) if calibrated else cfg.near_duplicate_cosine
-    rows, cols = np.nonzero(cosine >= threshold)
+    if calibrated:
+        groups = np.zeros(n, dtype=int) if groups is None else np.asarray(groups)
+        threshold, used = group_thresholds(cosine[:, -1], groups, cfg)
+    else:
+        threshold = np.full(n, cfg.near_duplicate_cosine)
+        used = {"all": cfg.near_duplicate_cosine}
+    linked = (cosine >= threshold[:, None]) & (cosine >= threshold[index])
+    rows, cols = np.nonzero(linked)
     graph = coo_matrix((np.ones(len(rows)), (rows, index[rows, cols])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     order = np.argsort(keys.astype(str), kind="stable")
@@ -141,7 +170,9 @@ def find_near_duplicates(
     keeper = first_of.loc[component].to_numpy()
     near_dup_of = np.where(keeper != np.arange(n), keys[keeper], None)
     sizes = np.bincount(component)
-    return NearDuplicates(near_dup_of, cosine[:, 0], threshold, calibrated, int((sizes > 1).sum()))
+    return NearDuplicates(
+        near_dup_of, cosine[:, 0], threshold, used, calibrated, int((sizes > 1).sum())
+    )
 
 
 # --- outliers ---------------------------------------------------------------------------------
@@ -218,7 +249,7 @@ class FilterResult:
     run_uri: str
     funnel: dict[str, int]
     drop_counts: dict[str, int]
-    near_duplicate_cosine: float
+    near_duplicate_cosine: dict[str, float]  # threshold per cluster ("all": the rest)
     near_duplicate_calibrated: bool
     near_duplicate_groups: int
     galleries: dict[str, str] = field(default_factory=dict)  # drop reason -> PNG URI
@@ -261,11 +292,14 @@ def decide(frame: pd.DataFrame, reduced: np.ndarray, cfg: CurateSettings) -> Nea
     """
     embedded = frame["cluster"].notna() & (frame["status"] == Status.OK)
     rows = np.flatnonzero(embedded.to_numpy())
-    near = find_near_duplicates(frame["key"].to_numpy()[rows], reduced[rows], cfg)
+    clusters = frame["cluster"].iloc[rows].astype(int).to_numpy()
+    near = find_near_duplicates(frame["key"].to_numpy()[rows], reduced[rows], cfg, clusters)
     frame["near_dup_of"] = None
     frame.loc[rows, "near_dup_of"] = near.near_dup_of
     frame["near_dup_cosine"] = np.nan
     frame.loc[rows, "near_dup_cosine"] = near.cosine
+    frame["near_dup_threshold"] = np.nan
+    frame.loc[rows, "near_dup_threshold"] = near.threshold
     frame["is_outlier"] = False
     masks = stage_masks(frame, cfg.wanted_types)
     candidates = np.flatnonzero(masks["good_quality"].to_numpy())
@@ -316,7 +350,7 @@ def filter_manifest(
         run_uri=run_uri,
         funnel=funnel_totals(funnel),
         drop_counts={r: int((frame["drop_reason"] == r).sum()) for r in DROP_REASONS},
-        near_duplicate_cosine=near.threshold,
+        near_duplicate_cosine=near.thresholds,
         near_duplicate_calibrated=near.calibrated,
         near_duplicate_groups=near.groups,
         galleries=galleries,
@@ -671,11 +705,12 @@ def _metrics(result: CurateResult) -> dict[str, float | None]:
     metrics: dict[str, float | None] = {f"funnel.{k}": v for k, v in result.filter.funnel.items()}
     metrics |= {f"dropped.{k}": v for k, v in result.filter.drop_counts.items()}
     metrics |= {f"silhouette.k{k}": v for k, v in result.clusters.silhouette.items()}
+    thresholds = result.filter.near_duplicate_cosine.items()
+    metrics |= {f"near_duplicate_cosine.{group}": v for group, v in thresholds}
     metrics |= {
         "embed.computed": result.embed["computed"],
         "embed.reused": result.embed["reused"],
         "quality.computed": result.quality["computed"],
-        "near_duplicate_cosine": result.filter.near_duplicate_cosine,
         "near_duplicate_groups": result.filter.near_duplicate_groups,
         "labels_used": result.types.labels_used,
         "type_accuracy_cv": (result.types.classifier or {}).get("cv_accuracy"),

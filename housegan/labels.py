@@ -79,14 +79,15 @@ def validate_labels(
     frame: pd.DataFrame, labeller: str | None = None, now: datetime | None = None
 ) -> pd.DataFrame:
     """Conform a label table to ``LABEL_SCHEMA``; raises ``LabelError`` naming bad rows."""
-    frame = frame.copy()
+    frame = frame.reset_index(drop=True)
     if "label" not in frame.columns:
         raise LabelError(f"labels need a 'label' column; got {list(frame.columns)}")
     for column in ("key", "sha256", "labeller"):
         if column not in frame.columns:
             frame[column] = None
         frame[column] = frame[column].replace("", None)
-    frame["label"] = frame["label"].astype(str).str.strip().str.lower()
+    frame["label"] = frame["label"].fillna("").astype(str).str.strip().str.lower()
+    frame = frame[frame["label"] != ""]  # not labelled (yet): skipped; index = file row
     bad = frame.index[~frame["label"].isin(IMAGE_TYPES)]
     if len(bad):
         shown = ", ".join(f"row {i + 1}: {frame.at[i, 'label']!r}" for i in bad[:5])
@@ -109,6 +110,7 @@ class ImportResult:
     part_uri: str
     rows: int
     counts: dict[str, int]
+    skipped: int = 0  # rows with an empty label
 
 
 def import_labels(
@@ -118,13 +120,16 @@ def import_labels(
     storage_options: Mapping[str, Any] | None = None,
 ) -> ImportResult:
     """Validate a label file and append it to the store as a new immutable part."""
-    frame = validate_labels(read_label_file(file_uri, storage_options), labeller)
+    raw = read_label_file(file_uri, storage_options)
+    frame = validate_labels(raw, labeller)
+    if frame.empty:
+        raise LabelError(f"{file_uri} holds no labels (the 'label' column is empty)")
     buffer = io.BytesIO()
     pq.write_table(manifest.to_table(frame, LABEL_SCHEMA), buffer, compression="zstd")
     part = storage.join(labels_uri(store_uri), storage.new_version_name(".parquet"))
     storage.write_bytes_atomic(part, buffer.getvalue(), storage_options)
     counts = {str(k): int(v) for k, v in frame["label"].value_counts().items()}
-    return ImportResult(part, len(frame), counts)
+    return ImportResult(part, len(frame), counts, skipped=len(raw) - len(frame))
 
 
 def _label_parts(uri: str, storage_options: Mapping[str, Any] | None) -> list[str]:
@@ -242,6 +247,10 @@ def assign_types(
     has_label = label.notna().to_numpy()
     report = None
     if labelled.nunique() >= 2:
+        # Centred, normalized embeddings have tiny entries (the shared direction is gone), which
+        # would make C=1 a very strong penalty: rescale to unit variance overall (one number, so
+        # the PCA's shape is kept; per-component whitening would amplify noise).
+        features = features / max(float(np.std(features)), 1e-12)
         model, report = train_classifier(
             features[has_label], label[has_label].to_numpy(str), cfg, cluster_cfg.seed
         )

@@ -125,9 +125,12 @@ def log_dataset_input(
     digest, which by default hashes the content so equal data gets equal ids."""
     if digest is None:
         digest = content_digest(frame)
-    dataset = mlflow.data.from_pandas(
-        frame, source=source, name=name, digest=digest, targets=targets
-    )
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that file:// is ambiguous.
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+        dataset = mlflow.data.from_pandas(
+            frame, source=source, name=name, digest=digest, targets=targets
+        )
     mlflow.log_input(dataset, context=context, tags=dict(tags or {}) or None)
     return digest
 

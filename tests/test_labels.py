@@ -149,3 +149,15 @@ def test_export_without_classifier_puts_photos_far_from_centroids_first():
     )
     out = labels.export_candidates(curated, set(), n=2)
     assert list(out["key"]) == ["c/l/1.jpg", "c/l/2.jpg"]
+
+
+def test_rows_left_blank_in_an_exported_sheet_are_skipped(tmp_path):
+    uri = write_csv(
+        tmp_path / "sheet.csv",
+        [{"key": "a", "label": ""}, {"key": "b", "label": "misc"}, {"key": "c", "label": "bad"}],
+    )
+    with pytest.raises(labels.LabelError, match="row 3: 'bad'"):
+        labels.import_labels(uri, (tmp_path / "store").as_uri())
+    uri = write_csv(tmp_path / "ok.csv", [{"key": "a", "label": ""}, {"key": "b", "label": "misc"}])
+    result = labels.import_labels(uri, (tmp_path / "store").as_uri())
+    assert (result.rows, result.skipped) == (1, 1)
