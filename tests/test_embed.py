@@ -138,7 +138,8 @@ def test_weights_file_loads_and_is_named_by_its_content(tmp_path: Path, suffix: 
     from torchvision.models import vgg16
 
     torch.manual_seed(7)
-    state = {k: v.contiguous() for k, v in vgg16(weights=None).state_dict().items()}
+    # conv5 needs only the convolutional layers: a smaller file, and a fine-tuned head may differ.
+    state = {k: v for k, v in vgg16(weights=None).state_dict().items() if k.startswith("features")}
     path = tmp_path / f"vgg{suffix}"
     if suffix == ".safetensors":
         save_file(state, path)
@@ -155,6 +156,17 @@ def test_weights_file_of_another_architecture_is_refused(tmp_path: Path):
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="not a torchvision VGG16 state dict"):
         embed.build_model(EmbedSettings(weights=str(path)))
+
+
+def test_weights_file_without_the_fc7_layers_is_refused_for_fc7(tmp_path: Path):
+    from torchvision.models import vgg16
+
+    path = tmp_path / "features_only.pt"
+    features = {k: v for k, v in vgg16(weights=None).state_dict().items() if "features" in k}
+    torch.save(features, path)
+    embed.build_model(EmbedSettings(weights=str(path), layer="conv5"))
+    with pytest.raises(ValueError, match=r"missing \['classifier.0"):
+        embed.build_model(EmbedSettings(weights=str(path), layer="fc7"))
 
 
 def test_bf16_vectors_match_fp32():
