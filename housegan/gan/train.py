@@ -304,10 +304,8 @@ class Trainer:
         if self.cfg.ema_rampup is not None:
             ema_nimg = min(ema_nimg, self.nimg * self.cfg.ema_rampup)
         beta = 0.5 ** (self.cfg.batch_size * self.dist.world_size / max(ema_nimg, 1e-8))
-        ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
-        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
-        for ema_buffer, buffer in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1 - beta)
+        torch._foreach_copy_(list(self.G_ema.buffers()), list(self.G.buffers()))  # BN stats
 
     # ------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
