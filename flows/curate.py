@@ -1,7 +1,8 @@
 """The curate flow: image manifest -> curated manifest. Run with ``python -m flows.curate``.
 
-embed (shards mapped, on Dask when configured) and quality scores -> clusters -> image types
--> the filtering funnel -> publish the curated manifest -> log to MLflow.
+(fine-tune VGG16 on the labels, when configured) -> embed (shards mapped, on Dask when
+configured) and quality scores -> clusters -> image types -> the filtering funnel -> publish
+the curated manifest -> log to MLflow.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from housegan.config import get_settings
 from tasks.curate import (
     cluster_task,
     filter_task,
+    finetune_task,
     log_task,
     publish_task,
     quality_task,
@@ -34,7 +36,8 @@ def curate_flow(
     store = store_uri or get_settings().store_uri
     source = resolve_manifest(manifest_uri, store)
     scoring = quality_task.submit(source, store)  # reads photos while embedding computes
-    embedded = run_embed_stage(source, store)
+    embedder = finetune_task(source, store, labels_uri)  # the configured VGG16 unless fine-tuned
+    embedded = run_embed_stage(source, store, embedder)
     scored = scoring.result()
     clusters = run_fresh(cluster_task, "uri", source, store, embedded["tag"], embedded["uri"])
     types = run_fresh(types_task, "uri", source, clusters["uri"], store, labels_uri)

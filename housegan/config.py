@@ -153,6 +153,15 @@ class CurateSettings(BaseModel):
     classifier_c: float = Field(1.0, gt=0, description="logistic regression inverse regularization")
     cv_folds: int = Field(5, ge=2, description="cross-validation folds for held-out accuracy")
     gallery_size: int = Field(24, ge=0, description="photos per dropped-reason gallery")
+    finetune: bool = Field(
+        False, description="fine-tune VGG16's last layers on the labels, embed with the result"
+    )
+    finetune_layers: int = Field(1, ge=1, le=2, description="1: fc7; 2: fc6 and fc7")
+    finetune_epochs: int = Field(5, ge=1)
+    finetune_lr: float = Field(1e-4, gt=0)
+    finetune_batch_size: int = Field(32, ge=1)
+    finetune_holdout: float = Field(0.2, ge=0, lt=1, description="labels held out to score it")
+    finetune_seed: int = 0
 
     @field_validator("wanted_types")
     @classmethod

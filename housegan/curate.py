@@ -30,7 +30,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.neighbors import NearestNeighbors
 
 from housegan import cluster, labels, manifest, quality, storage
-from housegan.config import ClusterSettings, CurateSettings, Settings
+from housegan.config import ClusterSettings, CurateSettings, EmbedSettings, Settings
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA, Status
 
 CURATED_COLLECTION = "manifests/curated"
@@ -513,6 +513,46 @@ def types_step(
     return TypesResult(uri, len(labelled), report.as_dict() if report else None, counts)
 
 
+def labelled_photos(
+    manifest_uri: str,
+    store_uri: str,
+    labels_uri: str | None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """``uri, sha256, label`` of the manifest's usable photos that carry a label."""
+    photos = quality.scorable_rows(read_images(manifest_uri, storage_options))
+    table = labels.read_labels(labels_uri or labels.labels_uri(store_uri), storage_options)
+    latest = labels.labels_by_content(table, photos)
+    chosen = photos[photos["sha256"].isin(latest.index)]
+    return chosen.assign(label=chosen["sha256"].map(latest))[["uri", "sha256", "label"]]
+
+
+def finetune_step(
+    manifest_uri: str,
+    store_uri: str,
+    labels_uri: str | None,
+    settings: Settings,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """Fine-tuned VGG16 weights for the labels (``finetune.FinetuneResult``), or None when
+    fine-tuning is off or the labels name fewer than two types."""
+    if not settings.curate.finetune:
+        return None
+    from housegan import finetune  # torch: only when asked for
+
+    labelled = labelled_photos(manifest_uri, store_uri, labels_uri, storage_options)
+    if labelled["label"].nunique() < 2:
+        return None
+    return finetune.finetune(labelled, store_uri, settings.embed, settings.curate, storage_options)
+
+
+def embedder_settings(settings: Settings, tuned: Any) -> EmbedSettings:
+    """The embed settings to use: the configured ones, with fine-tuned weights if any."""
+    if tuned is None:
+        return settings.embed
+    return settings.embed.model_copy(update={"weights": tuned.weights_uri})
+
+
 @dataclass(frozen=True)
 class CurateResult:
     curated_uri: str
@@ -523,6 +563,7 @@ class CurateResult:
     types: TypesResult
     filter: FilterResult
     mlflow_run_id: str | None = None
+    finetune: dict[str, Any] | None = None  # finetune.FinetuneResult, when fine-tuned
 
     def summary(self) -> dict[str, Any]:
         """What the CLI prints: the curated manifest, the funnel and what was recomputed."""
@@ -556,14 +597,11 @@ def curate(
     from housegan import embed
 
     manifest_uri = manifest.resolve(manifest_uri, storage_options)
+    tuned = finetune_step(manifest_uri, store_uri, labels_uri, settings, storage_options)
+    embed_cfg = embedder_settings(settings, tuned)
     with tqdm(desc="embed", unit="photo", disable=not progress) as bar:
         embedded = embed.embed_manifest(
-            manifest_uri,
-            store_uri,
-            settings.embed,
-            storage_options,
-            settings.embed.device,
-            bar.update,
+            manifest_uri, store_uri, embed_cfg, storage_options, embed_cfg.device, bar.update
         )
     with tqdm(desc="quality", unit="photo", disable=not progress) as bar:
         scored = quality.compute_quality(
@@ -609,6 +647,7 @@ def curate(
         clusters=clusters,
         types=types,
         filter=filtered,
+        finetune=asdict(tuned) if tuned else None,
     )
     if track:
         run_id = log_curation(result, settings, labels_uri, storage_options)
@@ -714,5 +753,6 @@ def _metrics(result: CurateResult) -> dict[str, float | None]:
         "near_duplicate_groups": result.filter.near_duplicate_groups,
         "labels_used": result.types.labels_used,
         "type_accuracy_cv": (result.types.classifier or {}).get("cv_accuracy"),
+        "finetune_holdout_accuracy": (result.finetune or {}).get("holdout_accuracy"),
     }
     return metrics

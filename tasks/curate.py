@@ -27,7 +27,7 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 
 from housegan import cluster, curate, labels, manifest, quality, storage
-from housegan.config import get_settings
+from housegan.config import EmbedSettings, get_settings
 
 
 def _digest(kind: str, **inputs: Any) -> str:
@@ -45,6 +45,45 @@ def resolve_manifest(manifest_uri: str | None, store_uri: str) -> str:
     """The image manifest version to curate: a given file, or a collection's latest."""
     uri = manifest_uri or manifest.collection_uri(store_uri)
     return manifest.resolve(uri, get_settings().storage_options())
+
+
+def finetune_cache_key(context: TaskRunContext | None, parameters: dict[str, Any]) -> str:
+    store = storage.normalize_uri(parameters["store_uri"])
+    labels_uri = parameters.get("labels_uri") or labels.labels_uri(store)
+    return _digest(
+        "finetune",
+        manifest=parameters["manifest_uri"],
+        store=store,
+        labels=labels.labels_fingerprint(labels_uri, get_settings().storage_options()),
+        settings=_settings_json("embed", "curate"),
+    )
+
+
+@task(
+    name="finetune-vgg16",
+    retries=1,
+    retry_delay_seconds=10,
+    cache_key_fn=finetune_cache_key,
+    persist_result=True,
+)
+def finetune_task(
+    manifest_uri: str, store_uri: str, labels_uri: str | None = None
+) -> EmbedSettings:
+    """The embed settings to use: fine-tuned weights when ``curate.finetune`` is on and the
+    labels name two or more types, else the configured ones."""
+    settings = get_settings()
+    tuned = curate.finetune_step(
+        manifest_uri, store_uri, labels_uri, settings, settings.storage_options()
+    )
+    if tuned is not None:
+        _logger().info(
+            "fine-tuned VGG16 on %d photos (%s): held-out accuracy %s -> %s",
+            tuned.train_photos,
+            ", ".join(tuned.classes),
+            tuned.holdout_accuracy,
+            tuned.weights_uri,
+        )
+    return curate.embedder_settings(settings, tuned)
 
 
 def quality_cache_key(context: TaskRunContext | None, parameters: dict[str, Any]) -> str:

@@ -15,7 +15,8 @@ from PIL import Image, ImageEnhance, ImageFilter
 from sklearn.metrics import adjusted_rand_score
 
 from housegan import curate, ingest, labels, manifest, quality, storage, synth
-from housegan.config import CurateSettings, Settings
+from housegan.cli import main
+from housegan.config import CurateSettings, Settings, get_settings
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA
 
 
@@ -491,3 +492,58 @@ def test_ten_new_photos_embed_ten_and_copies_group_with_their_originals(world, f
     old = after[after.index.isin(frame["key"]) & (after["status"] == "ok")]
     assert group[old.index].is_unique  # distinct photos never share a group
     print(f"\nnear-duplicate thresholds: {result.filter.near_duplicate_cosine}")
+
+
+@pytest.fixture
+def world_env(world: World, monkeypatch) -> World:
+    """The world's settings as HOUSEGAN_* variables, for the CLI."""
+    for name, value in {
+        "HOUSEGAN_STORE_URI": world.store,
+        "HOUSEGAN_SOURCE_URI": world.settings.source_uri,
+        "HOUSEGAN_S3_ENDPOINT_URL": world.settings.s3_endpoint_url,
+        "HOUSEGAN_MLFLOW_TRACKING_URI": world.settings.mlflow_tracking_uri,
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield world
+    get_settings.cache_clear()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_curate_prints_the_curated_manifest_and_funnel_as_last_json_line(
+    world_env, first_run, capsys
+):
+    code = main(["curate", "--store", world_env.store, "--no-mlflow", "--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    summary = json.loads(out[-1])
+    latest = storage.latest_uri(manifest.collection_uri(world_env.store, curate.CURATED_COLLECTION))
+    assert summary["curated_manifest_uri"] == latest
+    assert summary["funnel"]["objects"] == first_run.filter.funnel["objects"]
+    assert summary["embedded"] == 0
+
+
+def test_cli_curate_without_a_manifest_is_one_line_error(tmp_path, capsys):
+    code = main(["curate", "--store", (tmp_path / "empty").as_uri(), "--json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "manifests/images" in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_finetuning_switches_curation_to_the_finetuned_embedder(s3_server, tmp_path):
+    from housegan import embed
+
+    small = build_world(s3_server, tmp_path, cities=2, per_city=8, labels_per_type=3, input_size=32)
+    small.settings = small.settings.model_copy(
+        update={"curate": CurateSettings(finetune=True, finetune_epochs=2)}
+    )
+    result = small.curate()
+    assert result.finetune is not None and not result.finetune["reused"]
+    assert result.embed["tag"] != embed.model_tag(small.settings.embed)
+    assert result.embed["tag"] == embed.model_tag(
+        small.settings.embed.model_copy(update={"weights": result.finetune["weights_uri"]})
+    )
+    assert result.types.classifier is not None

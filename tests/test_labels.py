@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from housegan import labels
-from housegan.config import IMAGE_TYPES, ClusterSettings, CurateSettings
+from housegan import curate, labels, manifest
+from housegan.cli import main
+from housegan.config import IMAGE_TYPES, ClusterSettings, CurateSettings, EmbedSettings
 from tests.test_cluster import collinear_blobs
 
 
@@ -161,3 +164,100 @@ def test_rows_left_blank_in_an_exported_sheet_are_skipped(tmp_path):
     uri = write_csv(tmp_path / "ok.csv", [{"key": "a", "label": ""}, {"key": "b", "label": "misc"}])
     result = labels.import_labels(uri, (tmp_path / "store").as_uri())
     assert (result.rows, result.skipped) == (1, 1)
+
+
+def publish_curated(store: str, rows: int = 6) -> str:
+    """A small curated manifest as ``housegan curate`` would leave it."""
+    from tests.test_curate import manifest_frame
+
+    frame = manifest_frame(
+        [{"key": f"c/l/{i}.jpg", "sha256": f"sha{i}", "city": "c"} for i in range(rows)]
+    )
+    frame = frame.assign(
+        image_type="exterior",
+        type_confidence=0.6,
+        type_margin=[0.05 * (i + 1) for i in range(rows)],
+        type_source="classifier",
+        cluster=0,
+        cluster_distance=1.0,
+        near_dup_of=None,
+        keep=True,
+        drop_reason=None,
+    )
+    for column in curate.CURATED_SCHEMA.names:
+        if column not in frame.columns:
+            field = curate.CURATED_SCHEMA.field(column)
+            frame[column] = False if pa.types.is_boolean(field.type) else None
+    collection = manifest.collection_uri(store, curate.CURATED_COLLECTION)
+    return manifest.write_version(frame, collection, curate.CURATED_SCHEMA)
+
+
+def test_cli_export_then_import_round_trip(tmp_path, capsys):
+    store = (tmp_path / "store").as_uri()
+    publish_curated(store)
+    main(
+        [
+            "label",
+            "import",
+            write_csv(tmp_path / "a.csv", [{"key": "c/l/0.jpg", "label": "misc"}]),
+            "--store",
+            store,
+        ]
+    )
+    sheet = tmp_path / "todo.csv"
+    assert main(["label", "export", "--n", "3", "--out", str(sheet), "--store", store]) == 0
+    todo = pd.read_csv(sheet, keep_default_na=False)
+    assert list(todo["key"]) == ["c/l/1.jpg", "c/l/2.jpg", "c/l/3.jpg"]  # c/l/0 is labelled
+    assert {"uri", "suggested_label", "label"} <= set(todo.columns)
+    todo.loc[0, "label"] = "landscape"  # the labeller fills in one row and leaves the rest
+    todo.to_csv(sheet, index=False)
+    capsys.readouterr()
+    assert (
+        main(["label", "import", str(sheet), "--store", store, "--labeller", "ann", "--json"]) == 0
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 1 and summary["counts"] == {"landscape": 1}
+    merged = labels.read_labels(labels.labels_uri(store))
+    assert set(merged["label"]) == {"misc", "landscape"}
+    assert merged.loc[merged["label"] == "landscape", "labeller"].item() == "ann"
+
+
+def test_cli_import_of_bad_labels_is_one_line_error(tmp_path, capsys):
+    sheet = write_csv(tmp_path / "bad.csv", [{"key": "a", "label": "garage"}])
+    assert main(["label", "import", sheet, "--store", (tmp_path / "s").as_uri()]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "garage" in err[0] and "exterior" in err[0]
+
+
+def test_cli_export_before_any_curation_says_what_to_run(tmp_path, capsys):
+    assert main(["label", "export", "--store", (tmp_path / "s").as_uri()]) == 2
+    assert "housegan curate" in capsys.readouterr().err
+
+
+def test_finetuning_trains_only_the_last_layers_and_feeds_the_embedder(tmp_path):
+    import torch
+
+    from housegan import embed, finetune, synth
+
+    rows = []
+    for kind in ("exterior", "floorplan"):
+        for i in range(6):
+            path = tmp_path / f"{kind}{i}.png"
+            synth.render(kind, "austin", np.random.default_rng(i), (64, 48)).save(path)
+            rows.append({"uri": path.as_uri(), "sha256": f"{kind}{i}", "label": kind})
+    base = EmbedSettings(input_size=32, batch_size=8, num_workers=0)
+    cfg = CurateSettings(finetune=True, finetune_epochs=4, finetune_lr=1e-3, finetune_batch_size=4)
+    store = (tmp_path / "store").as_uri()
+    result = finetune.finetune(pd.DataFrame(rows), store, base, cfg)
+    assert result.classes == ["exterior", "floorplan"] and not result.reused
+    assert result.losses[-1] < result.losses[0]
+    assert result.holdout_accuracy is not None  # 12 photos: 2 or 3 held out
+
+    tuned_cfg = base.model_copy(update={"weights": result.weights_uri})
+    assert embed.model_tag(tuned_cfg) != embed.model_tag(base)
+    tuned, original = embed.build_model(tuned_cfg), embed.build_model(base)
+    tuned_state, original_state = tuned.state_dict(), original.state_dict()
+    changed = {k for k in tuned_state if not torch.equal(tuned_state[k], original_state[k])}
+    assert changed and all(k.startswith("6.") for k in changed)  # only fc7 of [features..fc7]
+    again = finetune.finetune(pd.DataFrame(rows), store, base, cfg)
+    assert again.reused and again.weights_uri == result.weights_uri
