@@ -17,10 +17,13 @@ $(INSTALLED): $(PY) pyproject.toml constraints.txt
 
 install: $(INSTALLED)
 
+DEMO_CONFIG ?= deployments/demo.yaml
+
 demo: install
-	$(VENV)/bin/housegan stack up
-	PREFECT_HOME=$(CURDIR)/.housegan/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
-		$(PY) -m flows.demo
+	HOUSEGAN_CONFIG=$(DEMO_CONFIG) $(VENV)/bin/housegan stack up
+	eval "$$(HOUSEGAN_CONFIG=$(DEMO_CONFIG) $(VENV)/bin/housegan stack env)" && \
+		HOUSEGAN_CONFIG=$(DEMO_CONFIG) PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW=ignore $(PY) -m flows.demo
 
 test: install
 	$(VENV)/bin/pytest

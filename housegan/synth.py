@@ -1079,6 +1079,32 @@ def synthesize(
     return SynthResult(truth_uri=truth_uri, objects=len(plan), counts=_count(plan))
 
 
+def existing(
+    dest_uri: str,
+    *,
+    cities: int,
+    per_city: int,
+    seed: int,
+    defects: bool = True,
+    truth_uri: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> SynthResult | None:
+    """The bucket ``synthesize`` would write, if its truth says it was already written so."""
+    dest = storage.normalize_uri(dest_uri).rstrip("/")
+    truth_uri = storage.normalize_uri(truth_uri) if truth_uri else default_truth_uri(dest)
+    try:
+        schema = pq.read_schema(io.BytesIO(storage.read_bytes(truth_uri, storage_options)))
+    except FileNotFoundError:
+        return None
+    recipe = json.loads((schema.metadata or {}).get(b"housegan.synth", b"{}"))
+    wanted = {"dest": dest, "cities": cities, "per_city": per_city, "seed": seed}
+    if any(recipe.get(k) != v for k, v in wanted.items()) or recipe.get("defects") != defects:
+        return None
+    truth = read_truth(truth_uri, storage_options)
+    counts = truth["defect"].fillna(truth["kind"]).value_counts()
+    return SynthResult(truth_uri, len(truth), {str(k): int(n) for k, n in counts.items()})
+
+
 def read_truth(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """The truth table written by ``synthesize``."""
     table = pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options)))

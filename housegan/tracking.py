@@ -280,6 +280,7 @@ class TrackedTraining:
     out_dir: str
     dataset_id: str
     samples_uri: str  # the folder of the run's sample grids, images/samples+step+<N>+...png
+    run_url: str | None  # the run's page in the MLflow UI, when tracking goes to a server
     result: Any  # housegan.gan.train.TrainResult
 
 
@@ -308,6 +309,7 @@ def train_tracked(
     with start_run(tracking_uri, experiment, run_name=run_name, run_id=run_id) as run:
         run_id = run.info.run_id
         samples_uri = f"{run.info.artifact_uri}/images"
+        url = run_url(tracking_uri, run.info.experiment_id, run_id)
         _write_run_id(out_dir, run_id, tracking_uri, storage_options)
         mlflow.set_tags({"stage": "train", "dataset_id": info["dataset_id"]})
         if not _has_input(run_id, info["dataset_id"]):
@@ -343,8 +345,16 @@ def train_tracked(
         out_dir=result.out_dir,
         dataset_id=result.dataset_id,
         samples_uri=samples_uri,
+        run_url=url,
         result=result,
     )
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI page of a run, or None when tracking has no server (SQLite, files)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def read_run_id(out_dir: str, storage_options: Mapping[str, Any] | None = None) -> str | None:

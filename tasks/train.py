@@ -117,6 +117,7 @@ def train_task(
         "out_dir": tracked.out_dir,
         "dataset_id": tracked.dataset_id,
         "samples_uri": tracked.samples_uri,
+        "run_url": tracked.run_url,
         "step": result.step,
         "kimg": result.kimg,
         "images_per_second": result.images_per_second,

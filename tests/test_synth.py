@@ -357,3 +357,13 @@ def test_kinds_are_separable_with_random_init_vgg16():
     accuracy = float((model.predict(features[~train]) == kinds[~train]).mean())
     print(f"random-init VGG16 fc7 type accuracy with 30 labels per type: {accuracy:.3f}")
     assert accuracy >= 0.9
+
+
+def test_existing_recognises_the_same_recipe_only(tmp_path):
+    dest = (tmp_path / "raw").as_uri()
+    assert synth.existing(dest, cities=2, per_city=3, seed=5, defects=False) is None
+    written = synth.synthesize(dest, cities=2, per_city=3, seed=5, defects=False)
+    found = synth.existing(dest, cities=2, per_city=3, seed=5, defects=False)
+    assert found == written
+    assert synth.existing(dest, cities=2, per_city=3, seed=6, defects=False) is None
+    assert synth.existing(dest, cities=2, per_city=4, seed=5, defects=False) is None

@@ -1,0 +1,98 @@
+"""``make demo``: a synthetic listing bucket through the full refresh, on the local stack.
+
+Draws ~500 listings over 5 cities into the source bucket, plays the human labeller (30 labels
+per image type from the synthetic ground truth), runs the full refresh and prints where to look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from prefect import flow
+
+from flows.refresh import full_refresh
+from housegan.config import get_settings
+from tasks.synth import seed_labels_task, synthesize_task
+
+
+@flow(name="demo")
+def demo_flow(
+    cities: int = 5,
+    per_city: int = 100,
+    seed: int = 0,
+    labels_per_type: int = 30,
+    kimg: float | None = None,
+    max_minutes: float | None = None,
+) -> dict[str, Any]:
+    settings = get_settings()
+    synthetic = synthesize_task(settings.source_uri, cities, per_city, seed)
+    labelled = seed_labels_task(synthetic["truth_uri"], settings.store_uri, labels_per_type, seed)
+    refreshed = full_refresh(
+        settings.source_uri,
+        settings.store_uri,
+        labelled["labels_uri"],
+        kimg=kimg,
+        max_minutes=max_minutes,
+    )
+    return {"synth": synthetic, "labels": labelled, **refreshed}
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    settings = get_settings()
+    ingest, curate, train = result["ingest"], result["curate"], result["train"]
+    print("\n=== housegan demo ===")
+    print(f"source     {settings.source_uri}  ({result['synth']['objects']} objects)")
+    print(f"manifest   {ingest['manifest_uri']}")
+    print("           " + ", ".join(f"{k}={v}" for k, v in sorted(ingest["counts"].items())))
+    print(f"           new {ingest['new']}, downloaded {ingest['downloaded']}")
+    print(f"labels     {result['labels']['rows']} imported -> {result['labels']['labels_uri']}")
+    print(f"curated    {curate['manifest_uri']}")
+    print(f"           embedded {curate['embedded']}, reused {curate['embeddings_reused']}")
+    for stage, count in curate["funnel"].items():
+        print(f"           {stage:<20} {count}")
+    accuracy = curate.get("type_accuracy_cv")
+    if accuracy is not None:
+        print(f"           image-type classifier, cross-validated accuracy {accuracy:.3f}")
+    if train:
+        print(f"model      {train['model_uri']}  ({train['kimg']:.1f} kimg, {train['step']} steps)")
+        print(f"samples    {train['samples_uri']}")
+    mlflow_ui = os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+    print("\nwhere to look")
+    print(f"  MLflow UI   {mlflow_ui}  (experiment '{settings.mlflow_experiment}')")
+    if train and train.get("run_url"):
+        print(f"  train run   {train['run_url']}  (Artifacts: images/ holds the sample grids)")
+    if prefect_ui:
+        print(
+            f"  Prefect UI  {prefect_ui}  (flow run 'demo': subflows, progress and table artifacts)"
+        )
+    if train:
+        city = result["synth"]["cities"][0]
+        print(
+            f"  try         .venv/bin/housegan generate --model {train['model_uri']} --city {city}"
+            " --image-type exterior --seed 7 --n 16 --out demo-grid.png"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cities", type=int, default=5)
+    parser.add_argument("--per-city", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=None)
+    parser.add_argument("--kimg", type=float, default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = demo_flow(
+        args.cities, args.per_city, args.seed, kimg=args.kimg, max_minutes=args.max_minutes
+    )
+    print_summary(result)
+    if args.json:
+        print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()
