@@ -10,9 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from housegan import manifest
 from housegan.config import get_settings
-from housegan.curate import CURATED_COLLECTION
 from tasks.train import prepare_task, run_folder, train_task
 
 
@@ -36,9 +34,7 @@ def train_flow(
     settings = get_settings()
     store = store_uri or settings.store_uri
     size = image_size or settings.gan.image_size
-    dataset = prepare_task(
-        manifest_uri or manifest.collection_uri(store, CURATED_COLLECTION), store, size
-    )
+    dataset = prepare_task(manifest_uri, store, size)
     overrides = {
         "image_size": size,
         "kimg": kimg,

@@ -42,11 +42,15 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     # prepare is content-addressed: a rerun finds <store>/datasets/<id>/ and only reads rows.
     cache_policy=NO_CACHE,
 )
-def prepare_task(manifest_uri: str, store_uri: str, image_size: int) -> dict[str, Any]:
-    """Pack the manifest's trainable rows at R×R; returns the dataset's id, URI and counts."""
+def prepare_task(manifest_uri: str | None, store_uri: str, image_size: int) -> dict[str, Any]:
+    """Pack the manifest's trainable rows at R×R (default manifest: the latest curated one);
+    returns the dataset's id, URI and counts."""
+    from housegan import manifest
+    from housegan.curate import CURATED_COLLECTION
     from housegan.gan.data import prepare
 
     settings = get_settings()
+    manifest_uri = manifest_uri or manifest.collection_uri(store_uri, CURATED_COLLECTION)
     progress = _Progress("prepare-progress", "images packed") if _in_run() else None
     dataset = prepare(
         manifest_uri,
