@@ -462,7 +462,10 @@ def cluster_step(
     from housegan import embed  # torch: only when this step runs
 
     photos = quality.scorable_rows(read_images(manifest_uri, storage_options))
-    sha256s, vectors = embed.load_embeddings(store_uri, tag, photos["sha256"], storage_options)
+    # float16 as stored: 200k x 4096 is 1.6 GB; the projection converts chunk by chunk.
+    sha256s, vectors = embed.load_embeddings(
+        store_uri, tag, photos["sha256"], storage_options, dtype=np.float16
+    )
     if len(sha256s) <= cfg.k:
         raise ValueError(
             f"{len(sha256s)} embedded photos under {tag}: clustering into k={cfg.k} needs more"
