@@ -156,7 +156,7 @@ def main() -> None:
         num_workers=args.num_workers,
         layer=args.layer,
     )
-    print(f"embed benchmark: {args.n} photos, {embed.model_tag(cfg)}, batch {cfg.batch_size}, ")
+    print(f"embed benchmark: {args.n} photos, {embed.model_tag(cfg)}, batch {cfg.batch_size},")
     print(f"  {cfg.num_workers} decoders, {torch.get_num_threads()} torch threads, bf16 {cfg.bf16}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
