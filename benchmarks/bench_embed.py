@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=500, help="photos the stage embeds")
     parser.add_argument("--size", type=int, default=112, help="embed.input_size")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=EmbedSettings().batch_size)
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader decoders")
     parser.add_argument("--layer", default="fc7", choices=sorted(embed.LAYER_DIMS))
     parser.add_argument("--naive-n", type=int, default=100, help="photos for the naive loop")

@@ -71,7 +71,9 @@ class EmbedSettings(BaseModel):
     )
     layer: str = Field("fc7", description="'fc7' (4096-d) or 'conv5' (512-d pooled)")
     input_size: int = Field(224, ge=32)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(
+        64, ge=1, description="64 amortizes fc6 (100 M weights) better than 32 on CPU"
+    )
     num_workers: int = Field(2, ge=0, description="DataLoader processes decoding images")
     bf16: bool = True
     seed: int = Field(0, description="seeds the random init when weights='none'")

@@ -196,7 +196,8 @@ def _vgg16_from_state_dict(cfg: EmbedSettings, storage_options: Mapping[str, Any
     return model
 
 
-def _vgg16(cfg: EmbedSettings, storage_options: Mapping[str, Any] | None) -> nn.Module:
+def load_vgg16(cfg: EmbedSettings, storage_options: Mapping[str, Any] | None = None) -> nn.Module:
+    """The whole torchvision VGG16 with the configured weights (`build_model` cuts it down)."""
     from torchvision.models import VGG16_Weights, vgg16
 
     if cfg.weights == "imagenet":
@@ -217,7 +218,7 @@ def build_model(
 ) -> nn.Module:
     """VGG16 as a feature extractor: fc7 (last prediction layer removed) or pooled conv5."""
     _check_layer(cfg.layer)
-    vgg = _vgg16(cfg, storage_options)
+    vgg = load_vgg16(cfg, storage_options)
     if cfg.layer == "fc7":  # classifier up to the second ReLU: 4096-d
         head: list[nn.Module] = [vgg.avgpool, nn.Flatten(1), *list(vgg.classifier)[:5]]
     else:  # conv5 (after pool5), global-average-pooled: 512-d

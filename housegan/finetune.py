@@ -71,7 +71,7 @@ def finetune(
     if storage.exists(target, storage_options):
         return FinetuneResult(target, classes, len(labelled), None, [], reused=True)
     torch.manual_seed(cfg.finetune_seed)
-    vgg = embed._vgg16(embed_cfg, storage_options).eval()
+    vgg = embed.load_vgg16(embed_cfg, storage_options).eval()
     pool5 = _pool5_features(vgg, labelled["uri"].tolist(), embed_cfg, storage_options)
     y = torch.tensor(labelled["label"].map(classes.index).to_numpy(dtype=np.int64))
     train, held_out = _split(len(labelled), cfg.finetune_holdout, cfg.finetune_seed)

@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import time
 from dataclasses import asdict
 from typing import Any
 
-from prefect import Task, get_run_logger, task
+from prefect import Task, task
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.exceptions import MissingContextError
 
 from housegan import cluster, curate, labels, manifest, quality, storage
 from housegan.config import EmbedSettings, get_settings
+from tasks.runtime import ProgressArtifact, in_task_run, task_logger
 
 
 def _digest(kind: str, **inputs: Any) -> str:
@@ -76,7 +72,7 @@ def finetune_task(
         manifest_uri, store_uri, labels_uri, settings, settings.storage_options()
     )
     if tuned is not None:
-        _logger().info(
+        task_logger(__name__).info(
             "fine-tuned VGG16 on %d photos (%s): held-out accuracy %s -> %s",
             tuned.train_photos,
             ", ".join(tuned.classes),
@@ -106,11 +102,11 @@ def quality_cache_key(context: TaskRunContext | None, parameters: dict[str, Any]
 def quality_task(manifest_uri: str, store_uri: str) -> dict[str, Any]:
     """Score every photo whose content was never scored; returns the score folder and counts."""
     settings = get_settings()
-    progress = _Progress("quality-progress", "photos scored") if _in_run() else None
+    progress = ProgressArtifact("quality-progress", "photos scored") if in_task_run() else None
     result = quality.compute_quality(
         manifest_uri, store_uri, settings.curate, settings.storage_options(), progress
     )
-    _logger().info("quality: %d scored, %d reused", result.computed, result.reused)
+    task_logger(__name__).info("quality: %d scored, %d reused", result.computed, result.reused)
     return asdict(result)
 
 
@@ -139,10 +135,10 @@ def cluster_task(
     result = curate.cluster_step(
         manifest_uri, store_uri, tag, settings.cluster, settings.storage_options()
     )
-    _logger().info(
+    task_logger(__name__).info(
         "clusters: k=%d sizes %s silhouette %s", result.k, result.sizes, result.silhouette
     )
-    if _in_run():
+    if in_task_run():
         rows = [
             {"cluster": c, "photos": result.sizes.get(c, 0), "gallery": uri}
             for c, uri in result.galleries.items()
@@ -186,13 +182,13 @@ def types_task(
         settings.storage_options(),
     )
     report = result.classifier
-    _logger().info(
+    task_logger(__name__).info(
         "types: %s from %d labels; held-out accuracy %s",
         result.type_counts,
         result.labels_used,
         report and report["cv_accuracy"],
     )
-    if _in_run():
+    if in_task_run():
         create_markdown_artifact(_classifier_markdown(result), key="image-types")
     return asdict(result)
 
@@ -231,7 +227,7 @@ def filter_task(
         settings.storage_options(),
         settings.cluster.thumb_size,
     )
-    _logger().info("funnel %s; dropped %s", result.funnel, result.drop_counts)
+    task_logger(__name__).info("funnel %s; dropped %s", result.funnel, result.drop_counts)
     return result.as_dict()
 
 
@@ -241,7 +237,7 @@ def publish_task(filtered: dict[str, Any], store_uri: str, manifest_uri: str, ta
     result = curate.FilterResult(**filtered)
     metadata = curate.publish_metadata(manifest_uri, tag, result)
     uri = curate.publish(result.uri, store_uri, metadata, get_settings().storage_options())
-    _logger().info("curated manifest -> %s", uri)
+    task_logger(__name__).info("curated manifest -> %s", uri)
     return uri
 
 
@@ -270,7 +266,7 @@ def log_task(
         filter=curate.FilterResult(**filtered),
     )
     run_id = curate.log_curation(result, settings, labels_uri, settings.storage_options())
-    if _in_run():
+    if in_task_run():
         funnel = curate.read_funnel(result.filter.run_uri, settings.storage_options())
         create_table_artifact(
             funnel.to_dict(orient="records"),
@@ -278,7 +274,7 @@ def log_task(
             description="Photos reaching each stage, per (city, image type)",
         )
         create_markdown_artifact(_summary_markdown(result, run_id), key="curate-summary")
-    _logger().info("curation logged to MLflow run %s", run_id)
+    task_logger(__name__).info("curation logged to MLflow run %s", run_id)
     return run_id
 
 
@@ -336,34 +332,9 @@ def _classifier_markdown(result: curate.TypesResult) -> str:
     return "\n".join(lines)
 
 
-class _Progress:
-    """A Prefect progress artifact fed by a (done, total) callback, at most every 2 s."""
-
-    def __init__(self, key: str, description: str) -> None:
-        self.artifact_id = create_progress_artifact(0.0, key=key, description=description)
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - self.last >= 2.0:
-            update_progress_artifact(self.artifact_id, 100.0 * done / max(total, 1))
-            self.last = now
-
-
 def run_fresh(step: Task, output_key: str, *args: Any) -> dict[str, Any]:
     """Run a cached task; if its cached output has vanished from the store, run it again."""
     result = step(*args)
     if not storage.exists(result[output_key], get_settings().storage_options()):
         result = step.with_options(refresh_cache=True)(*args)
     return result
-
-
-def _in_run() -> bool:
-    return TaskRunContext.get() is not None
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called as a task's .fn(...) outside any run
-        return logging.getLogger(__name__)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from typing import Any
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, task, unmapped
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
@@ -20,12 +19,12 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.exceptions import MissingContextError
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from housegan import embed, storage
 from housegan.config import EmbedSettings, get_settings
+from tasks.runtime import task_logger
 
 
 def _embed_settings(cfg: EmbedSettings | None) -> EmbedSettings:
@@ -42,7 +41,7 @@ def plan_embeddings(
         manifest_uri, store_uri, cfg, get_settings().storage_options(), cfg.shard_size
     )
     todo = sum(len(shard) for shard in planned.todo)
-    _logger().info(
+    task_logger(__name__).info(
         "embed plan %s: %d photos, %d already embedded, %d to embed in %d shards",
         planned.tag,
         planned.total,
@@ -88,7 +87,7 @@ def embed_shard_task(
         get_settings().storage_options(),
         device=cfg.device,
     )
-    _logger().info("embedded %d photos -> %s", len(shard["sha256s"]), part_uri)
+    task_logger(__name__).info("embedded %d photos -> %s", len(shard["sha256s"]), part_uri)
     return part_uri
 
 
@@ -102,7 +101,7 @@ def publish_embeddings(
     if part_uris or uri is None:
         uri = embed.publish(store_uri, tag, part_uris, options)
     computed, failed = embed.part_failures(part_uris, options)
-    _logger().info(
+    task_logger(__name__).info(
         "embeddings %s: %d computed, %d reused, %d failed", tag, computed, reused, len(failed)
     )
     if failed and TaskRunContext.get() is not None:
@@ -175,10 +174,3 @@ def run_embed_stage(
     """Run the ``embed`` subflow on ``embed_task_runner(cfg)``; returns publish's summary."""
     runner = embed_task_runner(cfg)
     return embed_subflow.with_options(task_runner=runner)(manifest_uri, store_uri, cfg)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called as a task's .fn(...) outside any run
-        return logging.getLogger(__name__)

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import (
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.exceptions import MissingContextError
 
 from housegan.config import IngestSettings, get_settings
 from housegan.ingest import IngestError, ingest
+from tasks.runtime import ProgressArtifact, task_logger
 
 _DEFAULTS = IngestSettings()  # decorator defaults; the flow applies the configured values
 
@@ -39,8 +35,12 @@ def ingest_task(source_uri: str, store_uri: str) -> dict[str, Any]:
     """Update the image manifest; returns its URI and counts (``IngestResult.summary()``)."""
     settings = get_settings()
     in_run = TaskRunContext.get() is not None
-    logger = _logger()
-    progress = _ProgressArtifact(settings.ingest.progress_every_s) if in_run else None
+    logger = task_logger(__name__)
+    progress = (
+        ProgressArtifact("ingest-progress", "objects fetched", settings.ingest.progress_every_s)
+        if in_run
+        else None
+    )
     result = ingest(
         source_uri,
         store_uri,
@@ -80,30 +80,3 @@ def ingest_task(source_uri: str, store_uri: str) -> dict[str, Any]:
             transient=True,
         )
     return summary
-
-
-class _ProgressArtifact:
-    """A Prefect progress artifact fed by ingest's (done, total) callback, at most every N s."""
-
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self.artifact_id = create_progress_artifact(
-            0.0, key="ingest-progress", description="objects fetched"
-        )
-        self.last_update = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - self.last_update >= self.every_s:
-            update_progress_artifact(self.artifact_id, 100.0 * done / total)
-            self.last_update = now
-
-    def finish(self) -> None:
-        update_progress_artifact(self.artifact_id, 100.0)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called as ingest_task.fn(...) outside any run
-        return logging.getLogger(__name__)

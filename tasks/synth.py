@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from housegan import synth
 from housegan.config import get_settings
+from tasks.runtime import task_logger
 
 DEMO_LABELLER = "demo-synth-truth"
 
@@ -21,9 +22,9 @@ def synthesize_task(dest_uri: str, cities: int, per_city: int, seed: int) -> dic
     result = synth.existing(dest_uri, storage_options=options, **recipe)
     if result is None:
         result = synth.synthesize(dest_uri, storage_options=options, **recipe)
-        get_run_logger().info("synth: wrote %d objects under %s", result.objects, dest_uri)
+        task_logger(__name__).info("synth: wrote %d objects under %s", result.objects, dest_uri)
     else:
-        get_run_logger().info("synth: %d objects already under %s", result.objects, dest_uri)
+        task_logger(__name__).info("synth: %d objects already under %s", result.objects, dest_uri)
     return {
         "truth_uri": result.truth_uri,
         "objects": result.objects,

@@ -6,26 +6,22 @@ run alone, be retried or move to a GPU worker.
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import asdict
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.exceptions import MissingContextError
 
 from housegan import storage
 from housegan.config import GanSettings, get_settings
+from tasks.runtime import ProgressArtifact, in_task_run, task_logger
 
 TRAINING_DIR = "training"
-PROGRESS_EVERY_S = 5.0
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -51,7 +47,7 @@ def prepare_task(manifest_uri: str | None, store_uri: str, image_size: int) -> d
 
     settings = get_settings()
     manifest_uri = manifest_uri or manifest.collection_uri(store_uri, CURATED_COLLECTION)
-    progress = _Progress("prepare-progress", "images packed") if _in_run() else None
+    progress = ProgressArtifact("prepare-progress", "images packed") if in_task_run() else None
     dataset = prepare(
         manifest_uri,
         store_uri,
@@ -59,7 +55,7 @@ def prepare_task(manifest_uri: str | None, store_uri: str, image_size: int) -> d
         settings.storage_options(),
         progress=progress.update if progress else None,
     )
-    _logger().info(
+    task_logger(__name__).info(
         "dataset %s: %d images (%d unreadable), cities %s, types %s -> %s",
         dataset.dataset_id,
         dataset.n,
@@ -127,7 +123,7 @@ def train_task(
         "images_per_second": result.images_per_second,
         "rollbacks": result.rollbacks,
     }
-    _logger().info("trained %s", summary)
+    task_logger(__name__).info("trained %s", summary)
     if context is not None:
         reporter.finish()
         create_markdown_artifact(
@@ -163,21 +159,7 @@ def _total_kimg(cfg: GanSettings) -> float:
     return cfg.steps * cfg.batch_size / 1000 if cfg.steps is not None else cfg.kimg
 
 
-class _Progress:
-    """A Prefect progress artifact fed with (done, total), at most every few seconds."""
-
-    def __init__(self, key: str, description: str) -> None:
-        self.artifact_id = create_progress_artifact(0.0, key=key, description=description)
-        self.last = 0.0
-
-    def update(self, done: float, total: float) -> None:
-        now = time.monotonic()
-        if done >= total or now - self.last >= PROGRESS_EVERY_S:
-            update_progress_artifact(self.artifact_id, min(100.0, 100.0 * done / max(total, 1e-9)))
-            self.last = now
-
-
-class _TrainProgress(_Progress):
+class _TrainProgress(ProgressArtifact):
     """The training loop's second reporter: kimg progress and a log line per report."""
 
     def __init__(self, total_kimg: float) -> None:
@@ -191,7 +173,7 @@ class _TrainProgress(_Progress):
         if "progress/kimg" not in metrics:
             return
         self.update(metrics["progress/kimg"], self.total_kimg)
-        _logger().info(
+        task_logger(__name__).info(
             "step %d  kimg %.2f  loss G %.3f  D %.3f  %.0f img/s",
             step,
             metrics["progress/kimg"],
@@ -205,14 +187,3 @@ class _TrainProgress(_Progress):
 
     def finish(self) -> None:
         update_progress_artifact(self.artifact_id, 100.0)
-
-
-def _in_run() -> bool:
-    return TaskRunContext.get() is not None
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called as task.fn(...) outside any run
-        return logging.getLogger(__name__)
