@@ -151,6 +151,33 @@ def ingest(
 # ---- listing -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SourceChanges:
+    """What an ingest would fetch now, found by listing alone (nothing is downloaded)."""
+
+    listed: int
+    to_fetch: int  # new or changed (key, etag) pairs, and objects not yet fetched
+    manifest_uri: str | None  # the latest manifest compared against
+
+    @property
+    def changed(self) -> bool:
+        return self.to_fetch > 0
+
+
+def pending_changes(
+    source_uri: str,
+    store_uri: str,
+    cfg: IngestSettings,
+    storage_options: Mapping[str, Any] | None = None,
+) -> SourceChanges:
+    """Compare a listing of the source with the latest manifest: the watcher's question."""
+    listing = list_source(source_uri, cfg, storage_options)
+    collection = manifest.collection_uri(storage.normalize_uri(store_uri))
+    previous_uri, previous = _read_previous(collection, storage_options)
+    _, to_fetch = plan(listing, previous)
+    return SourceChanges(listed=len(listing), to_fetch=len(to_fetch), manifest_uri=previous_uri)
+
+
 def list_source(
     source_uri: str, cfg: IngestSettings, storage_options: Mapping[str, Any] | None = None
 ) -> list[SourceObject]:

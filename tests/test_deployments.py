@@ -22,10 +22,16 @@ def test_every_deployment_entrypoint_is_a_prefect_flow():
         assert deployment["work_pool"]["name"] in {"cpu", "gpu"}
 
 
-def test_train_deployment_trigger_parses_as_a_prefect_event_trigger():
+def test_retrain_is_triggered_by_the_event_the_source_watcher_emits():
     from prefect.events import DeploymentEventTrigger
 
+    from tasks.watch import SOURCE_RESOURCE_PREFIX, SOURCE_UPDATED_EVENT
+
     spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
-    train = next(d for d in spec["deployments"] if d["name"] == "train")
-    triggers = [DeploymentEventTrigger(**t) for t in train["triggers"]]
-    assert triggers[0].expect == {"housegan.source.updated"}
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    triggers = [DeploymentEventTrigger(**t) for t in by_name["retrain"]["triggers"]]
+    assert triggers[0].expect == {SOURCE_UPDATED_EVENT}
+    pattern = triggers[0].match.model_dump()["prefect.resource.id"]
+    assert pattern == f"{SOURCE_RESOURCE_PREFIX}*"
+    assert by_name["retrain"]["entrypoint"] == by_name["full-refresh"]["entrypoint"]
+    assert by_name["watch-source"]["schedules"][0]["interval"] > 0
