@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -243,7 +243,9 @@ class StackSettings(BaseModel):
     prefect_port: int = Field(4200, description="0 leaves Prefect out of the stack")
     buckets: tuple[str, ...] = ("listings", "housegan")
     access_key: str | None = Field(None, description="local S3 key; generated on first `up`")
-    secret_key: str | None = Field(None, description="local S3 secret; generated on first `up`")
+    secret_key: SecretStr | None = Field(
+        None, description="local S3 secret; generated on first `up`; never printed"
+    )
     startup_timeout_s: float = 30.0
     mlflow_artifacts_uri: str = "s3://housegan/mlflow-artifacts"
 

@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = get_settings().stack
     access_key, secret_key = stack.credentials(
-        settings.dir, settings.access_key, settings.secret_key
+        settings.dir,
+        settings.access_key,
+        settings.secret_key.get_secret_value() if settings.secret_key else None,
     )
     if args.action == "up":
         services = stack.up(
