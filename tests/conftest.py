@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from housegan import stack
-from housegan.config import Settings
+from housegan.config import Settings, get_settings
 
 REGION = "us-east-1"
 
@@ -94,12 +94,16 @@ def settings(s3_server: S3Server, bucket: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Tests never read the developer's housegan.yaml or HOUSEGAN_* variables."""
+def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Tests never read the developer's housegan.yaml or HOUSEGAN_* variables, nor settings
+    cached by another test."""
     for name in list(os.environ):
         if name.startswith("HOUSEGAN_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")
