@@ -157,15 +157,7 @@ def start_seaweed(
     if buckets:
         args.append(f"-bucket={','.join(buckets)}")
     log_path = data_dir / "weed.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=data_dir,
-            start_new_session=True,  # outlives `housegan stack up`; stopped by PID
-        )
+    process = _spawn(args, workdir=data_dir, log_path=log_path)
     endpoint = f"http://{host}:{s3_port}"
     service = Service("s3", process.pid, endpoint, str(log_path))
     try:
@@ -174,6 +166,22 @@ def start_seaweed(
         stop_pid(process.pid)
         raise
     return service
+
+
+def _spawn(
+    args: list[str], *, workdir: Path, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """A detached server: its own session (it outlives `housegan stack up`; stopped by PID)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
 
 
 def start_process(
@@ -189,16 +197,7 @@ def start_process(
     """Start a server detached (own session, logs to ``<workdir>/<name>.log``), wait for health."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
+    process = _spawn(args, workdir=workdir, log_path=log_path, env=env)
     service = Service(name, process.pid, endpoint, str(log_path))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

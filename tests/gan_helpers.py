@@ -17,6 +17,31 @@ CITY_COLORS = {"austin": (200, 40, 40), "boston": (40, 60, 200), "denver": (40, 
 TYPES = ("exterior", "landscape")
 
 
+# A GAN small enough to train in seconds on a CPU, set the way a user sets it: HOUSEGAN_GAN__*.
+TINY_GAN = {
+    "WIDTH": "4",
+    "Z_DIM": "16",
+    "EMBED_DIM": "8",
+    "LOG_EVERY": "2",
+    "SNAPSHOT_EVERY": "2",
+    "GRID_PER_CLASS": "2",
+    "CPU_THREADS": "2",
+}
+
+
+def configure_tiny_gan(monkeypatch, root: Path, **gan: str) -> Path:
+    """Settings through the environment: a local store under ``root``, SQLite MLflow, a tiny
+    GAN (``gan`` adds or overrides GanSettings fields, by upper-case name)."""
+    from housegan.config import get_settings
+
+    monkeypatch.setenv("HOUSEGAN_STORE_URI", (root / "store").as_uri())
+    monkeypatch.setenv("HOUSEGAN_MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    for key, value in {**TINY_GAN, **gan}.items():
+        monkeypatch.setenv(f"HOUSEGAN_GAN__{key}", value)
+    get_settings.cache_clear()
+    return root
+
+
 def draw(city: str, image_type: str, rng: np.random.Generator, size: int = 48) -> Image.Image:
     base = np.array(CITY_COLORS[city])
     color = tuple(int(v) for v in np.clip(base + rng.integers(-30, 31, 3), 0, 255))

@@ -17,31 +17,16 @@ from housegan.cli import main
 from housegan.config import get_settings
 from housegan.gan import serving
 from housegan.gan.models import Generator, ModelSpec
-from tests.gan_helpers import write_photos
+from tests.gan_helpers import configure_tiny_gan, write_photos
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = {"city": ["austin", "boston"], "image_type": ["exterior", "landscape"]}
-TINY_GAN = {
-    "WIDTH": "4",
-    "Z_DIM": "16",
-    "EMBED_DIM": "8",
-    "LOG_EVERY": "2",
-    "SNAPSHOT_EVERY": "2",
-    "GRID_PER_CLASS": "2",
-    "CPU_THREADS": "2",
-}
 
 
 @pytest.fixture
 def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Settings through the environment, as a user sets them: a local store, SQLite MLflow."""
-    monkeypatch.setenv("HOUSEGAN_STORE_URI", (tmp_path / "store").as_uri())
-    monkeypatch.setenv("HOUSEGAN_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    for key, value in TINY_GAN.items():
-        monkeypatch.setenv(f"HOUSEGAN_GAN__{key}", value)
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
+    return configure_tiny_gan(monkeypatch, tmp_path)
 
 
 @pytest.fixture

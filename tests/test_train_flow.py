@@ -8,32 +8,14 @@ from pathlib import Path
 import pytest
 
 from housegan.config import get_settings
-from tests.gan_helpers import write_photos
-
-TINY_GAN = {
-    "IMAGE_SIZE": "32",
-    "BATCH_SIZE": "8",
-    "KIMG": "0.032",
-    "WIDTH": "4",
-    "Z_DIM": "16",
-    "EMBED_DIM": "8",
-    "LOG_EVERY": "2",
-    "SNAPSHOT_EVERY": "2",
-    "GRID_PER_CLASS": "2",
-    "CPU_THREADS": "2",
-    "DEVICE": "cpu",
-}
+from tests.gan_helpers import configure_tiny_gan, write_photos
 
 
 @pytest.fixture
 def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HOUSEGAN_STORE_URI", (tmp_path / "store").as_uri())
-    monkeypatch.setenv("HOUSEGAN_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    for key, value in TINY_GAN.items():
-        monkeypatch.setenv(f"HOUSEGAN_GAN__{key}", value)
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
+    return configure_tiny_gan(
+        monkeypatch, tmp_path, IMAGE_SIZE="32", BATCH_SIZE="8", KIMG="0.032", DEVICE="cpu"
+    )
 
 
 @pytest.mark.slow
