@@ -59,10 +59,12 @@ def print_summary(result: dict[str, Any]) -> None:
     if train:
         print(f"model      {train['model_uri']}  ({train['kimg']:.1f} kimg, {train['step']} steps)")
         print(f"samples    {train['samples_uri']}")
-    mlflow_ui = os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     print("\nwhere to look")
-    print(f"  MLflow UI   {mlflow_ui}  (experiment '{settings.mlflow_experiment}')")
+    # The URI the runs were logged to: the stack's server under `make demo`.
+    print(
+        f"  MLflow UI   {settings.mlflow_tracking_uri}  (experiment '{settings.mlflow_experiment}')"
+    )
     if train and train.get("run_url"):
         print(f"  train run   {train['run_url']}  (Artifacts: images/ holds the sample grids)")
     if prefect_ui:
