@@ -112,9 +112,9 @@ def ingest(
 ) -> IngestResult:
     """Bring the image manifest under ``store_uri`` up to date with ``source_uri``."""
     started = pd.Timestamp(datetime.now(UTC))
-    listing = list_source(source_uri, cfg, storage_options)
-    collection = manifest.collection_uri(storage.normalize_uri(store_uri))
-    previous_uri, previous = _read_previous(collection, storage_options)
+    listing, collection, previous_uri, previous = _survey(
+        source_uri, store_uri, cfg, storage_options
+    )
 
     carried, to_fetch = plan(listing, previous)
     fetched, failed = fetch_all(
@@ -171,9 +171,7 @@ def pending_changes(
     storage_options: Mapping[str, Any] | None = None,
 ) -> SourceChanges:
     """Compare a listing of the source with the latest manifest: the watcher's question."""
-    listing = list_source(source_uri, cfg, storage_options)
-    collection = manifest.collection_uri(storage.normalize_uri(store_uri))
-    previous_uri, previous = _read_previous(collection, storage_options)
+    listing, _, previous_uri, previous = _survey(source_uri, store_uri, cfg, storage_options)
     _, to_fetch = plan(listing, previous)
     return SourceChanges(listed=len(listing), to_fetch=len(to_fetch), manifest_uri=previous_uri)
 
@@ -585,12 +583,21 @@ def _same_rows(frame: pd.DataFrame, previous: pd.DataFrame) -> bool:
     )
 
 
-def _read_previous(
-    collection: str, storage_options: Mapping[str, Any] | None
-) -> tuple[str | None, pd.DataFrame]:
+def _survey(
+    source_uri: str,
+    store_uri: str,
+    cfg: IngestSettings,
+    storage_options: Mapping[str, Any] | None,
+) -> tuple[list[SourceObject], str, str | None, pd.DataFrame]:
+    """The source listing, the manifest collection and its latest version (URI, frame)."""
+    listing = list_source(source_uri, cfg, storage_options)
+    collection = manifest.collection_uri(storage.normalize_uri(store_uri))
     try:
-        return manifest.read_latest(collection, IMAGE_MANIFEST_SCHEMA, storage_options)
+        previous_uri, previous = manifest.read_latest(
+            collection, IMAGE_MANIFEST_SCHEMA, storage_options
+        )
     except Exception as exc:
         raise IngestError(
             f"cannot read the latest manifest of {collection}: {_one_line(exc)}", transient=True
         ) from exc
+    return listing, collection, previous_uri, previous

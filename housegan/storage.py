@@ -23,10 +23,6 @@ from fsspec.core import url_to_fs
 POINTER_NAME = "latest"
 
 
-class StorageError(RuntimeError):
-    """A store or source could not be read or written; the message says which URI and why."""
-
-
 def normalize_uri(uri: str) -> str:
     """Make a URI absolute: bare and ``file://`` relative paths become ``file:///abs/path``."""
     if "://" not in uri:

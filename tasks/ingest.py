@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import (
-    create_table_artifact,
-)
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 
 from housegan.config import IngestSettings, get_settings
 from housegan.ingest import IngestError, ingest
-from tasks.runtime import ProgressArtifact, task_logger
+from tasks.runtime import ProgressArtifact, in_task_run, task_logger
 
 _DEFAULTS = IngestSettings()  # decorator defaults; the flow applies the configured values
 
@@ -34,11 +31,10 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
 def ingest_task(source_uri: str, store_uri: str) -> dict[str, Any]:
     """Update the image manifest; returns its URI and counts (``IngestResult.summary()``)."""
     settings = get_settings()
-    in_run = TaskRunContext.get() is not None
     logger = task_logger(__name__)
     progress = (
         ProgressArtifact("ingest-progress", "objects fetched", settings.ingest.progress_every_s)
-        if in_run
+        if in_task_run()
         else None
     )
     result = ingest(
@@ -50,7 +46,6 @@ def ingest_task(source_uri: str, store_uri: str) -> dict[str, Any]:
         storage_options=settings.storage_options(),
         progress=progress,
     )
-    summary = result.summary()
     logger.info(
         "ingest %s: listed %d, new %d, downloaded %d, counts %s -> %s",
         source_uri,
@@ -60,9 +55,8 @@ def ingest_task(source_uri: str, store_uri: str) -> dict[str, Any]:
         result.counts,
         result.manifest_uri,
     )
-    if in_run:
-        if progress is not None:
-            progress.finish()
+    if progress is not None:  # inside a task run
+        progress.finish()
         create_table_artifact(
             [{"status": status, "objects": n} for status, n in result.counts.items()],
             key="ingest-counts",
@@ -79,4 +73,4 @@ def ingest_task(source_uri: str, store_uri: str) -> dict[str, Any]:
             f"{len(result.failed)} objects could not be fetched (first: {key}: {error})",
             transient=True,
         )
-    return summary
+    return result.summary()

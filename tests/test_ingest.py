@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import zlib
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -372,4 +371,4 @@ def test_sigkilled_ingest_leaves_latest_readable_and_rerun_completes(
     rerun = run_ingest(settings)
     assert (rerun.new, rerun.downloaded, rerun.counts) == (35, 35, {"ok": 40})
     assert storage.latest_uri(collection) == rerun.manifest_uri
-    assert Path(storage.local_path(before.manifest_uri)).exists()
+    assert storage.local_path(before.manifest_uri).exists()

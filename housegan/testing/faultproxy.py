@@ -125,10 +125,6 @@ class FaultProxy:
         """The next ``n`` matching responses are closed after ``after_bytes`` bytes."""
         self._arm(n, Fault("cut", re.compile(match.encode()), after_bytes))
 
-    def pending_faults(self) -> int:
-        with self._lock:
-            return len(self._faults)
-
     def _arm(self, n: int, fault: Fault) -> None:
         with self._lock:
             self._faults.extend([fault] * n)
