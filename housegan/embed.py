@@ -80,9 +80,6 @@ def embedding_schema(dim: int) -> pa.Schema:
     )
 
 
-EMBEDDING_SCHEMA = embedding_schema(LAYER_DIMS["fc7"])  # the default layer's; conv5: 512
-
-
 @dataclass
 class Shard:
     """Photos embedded together and written as one part: one URI per distinct sha256."""
@@ -448,9 +445,11 @@ def _read_index(
 
 def _published_parts(
     store_uri: str, tag: str, storage_options: Mapping[str, Any] | None
-) -> list[tuple[Any, str]]:
-    """(filesystem, path) of each part the latest index names."""
-    index = _read_index(store_uri, tag, storage_options) or {}
+) -> list[tuple[Any, str]] | None:
+    """(filesystem, path) of each part the latest index names; None if none is published."""
+    index = _read_index(store_uri, tag, storage_options)
+    if index is None:
+        return None
     collection = embedding_collection(store_uri, tag)
     return [
         storage.get_fs(storage.join(collection, part["name"]), storage_options)
@@ -469,7 +468,7 @@ def settled_sha256s(
 ) -> set[str]:
     """sha256s that need no more work under ``tag``: embedded, or found undecodable."""
     settled: set[str] = set()
-    parts = _published_parts(store_uri, tag, storage_options)
+    parts = _published_parts(store_uri, tag, storage_options) or []
     for table in _read_parts(parts, ["sha256", "status"]):
         done = pc.is_in(table["status"], pa.array([status.value for status in SETTLED]))
         settled.update(table.filter(done)["sha256"].to_pylist())
@@ -513,6 +512,20 @@ def publish(
     return storage.publish_pointer(
         collection, version, {"tag": tag, "rows": rows, "parts": len(parts)}, storage_options
     )
+
+
+def publish_new(
+    store_uri: str,
+    tag: str,
+    part_uris: Sequence[str],
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """The index URI after adding ``part_uris``: a new version when there are new parts (or no
+    index yet: an empty first index still gives readers something to open), else the latest."""
+    uri = storage.latest_uri(embedding_collection(store_uri, tag), storage_options)
+    if part_uris or uri is None:
+        uri = publish(store_uri, tag, part_uris, storage_options)
+    return uri
 
 
 def part_failures(
@@ -573,10 +586,7 @@ def embed_manifest(
     parts = [
         embed_shard(shard, store_uri, cfg, storage_options, device, progress) for shard in todo.todo
     ]
-    collection = embedding_collection(store_uri, todo.tag)
-    uri = storage.latest_uri(collection, storage_options)
-    if parts or uri is None:  # an empty first index still gives readers something to open
-        uri = publish(store_uri, todo.tag, parts, storage_options)
+    uri = publish_new(store_uri, todo.tag, parts, storage_options)
     computed, failed = part_failures(parts, storage_options)
     return EmbedResult(todo.tag, uri, computed=computed, reused=todo.reused, failed=failed)
 
@@ -623,11 +633,11 @@ def load_embeddings(
     With ``sha256s``: those of them that have a vector, in the order asked (first occurrence);
     without: all, sorted by sha256. Memory: the result plus one part's vectors.
     """
-    if _read_index(store_uri, tag, storage_options) is None:
+    parts = _published_parts(store_uri, tag, storage_options)
+    if parts is None:
         raise FileNotFoundError(
             f"no embeddings published for {tag} under {store_uri}; run the embed stage first"
         )
-    parts = _published_parts(store_uri, tag, storage_options)
     rows = _select_rows(parts, sha256s)
     dim = _vector_dim(*parts[0]) if parts else 0
     vectors = np.empty((len(rows), dim), dtype=dtype)

@@ -12,7 +12,6 @@ then computes fine-tuned vectors under their own model tag.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -168,4 +167,4 @@ def _save(
         if not k.startswith("classifier.6.")
     }
     data = save(state, metadata={"housegan.finetuned_types": ",".join(classes)})
-    storage.write_bytes_atomic(uri, io.BytesIO(data).getvalue(), storage_options)
+    storage.write_bytes_atomic(uri, data, storage_options)

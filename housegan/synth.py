@@ -1093,21 +1093,24 @@ def existing(
     dest = storage.normalize_uri(dest_uri).rstrip("/")
     truth_uri = storage.normalize_uri(truth_uri) if truth_uri else default_truth_uri(dest)
     try:
-        schema = pq.read_schema(io.BytesIO(storage.read_bytes(truth_uri, storage_options)))
+        table = pq.read_table(io.BytesIO(storage.read_bytes(truth_uri, storage_options)))
     except FileNotFoundError:
         return None
-    recipe = json.loads((schema.metadata or {}).get(b"housegan.synth", b"{}"))
+    recipe = json.loads((table.schema.metadata or {}).get(b"housegan.synth", b"{}"))
     wanted = {"dest": dest, "cities": cities, "per_city": per_city, "seed": seed}
     if any(recipe.get(k) != v for k, v in wanted.items()) or recipe.get("defects") != defects:
         return None
-    truth = read_truth(truth_uri, storage_options)
+    truth = _truth_to_pandas(table)
     counts = truth["defect"].fillna(truth["kind"]).value_counts()
     return SynthResult(truth_uri, len(truth), {str(k): int(n) for k, n in counts.items()})
 
 
 def read_truth(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """The truth table written by ``synthesize``."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options)))
+    return _truth_to_pandas(pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options))))
+
+
+def _truth_to_pandas(table: pa.Table) -> pd.DataFrame:
     nullable_ints = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
     return table.to_pandas(types_mapper=nullable_ints.get)
 

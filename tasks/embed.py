@@ -12,11 +12,7 @@ import json
 from typing import Any
 
 from prefect import flow, task, unmapped
-from prefect.artifacts import (
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, as_completed
@@ -24,7 +20,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from housegan import embed, storage
 from housegan.config import EmbedSettings, get_settings
-from tasks.runtime import task_logger
+from tasks.runtime import ProgressArtifact, in_task_run, task_logger
 
 
 def _embed_settings(cfg: EmbedSettings | None) -> EmbedSettings:
@@ -97,14 +93,12 @@ def publish_embeddings(
 ) -> dict[str, Any]:
     """Publish a new index naming the new parts; returns the index URI and what was done."""
     options = get_settings().storage_options()
-    uri = storage.latest_uri(embed.embedding_collection(store_uri, tag), options)
-    if part_uris or uri is None:
-        uri = embed.publish(store_uri, tag, part_uris, options)
+    uri = embed.publish_new(store_uri, tag, part_uris, options)
     computed, failed = embed.part_failures(part_uris, options)
     task_logger(__name__).info(
         "embeddings %s: %d computed, %d reused, %d failed", tag, computed, reused, len(failed)
     )
-    if failed and TaskRunContext.get() is not None:
+    if failed and in_task_run():
         create_table_artifact(
             [{"sha256": sha256, "reason": reason} for sha256, reason in failed.items()],
             key="embed-failures",
@@ -130,13 +124,12 @@ def map_embed_shards(
 
 def _results_with_progress(futures: list[PrefectFuture], sizes: list[int]) -> list[str]:
     """Wait for every shard, moving a progress artifact as each one finishes."""
-    total = sum(sizes) or 1
-    artifact_id = create_progress_artifact(0.0, key="embed-progress", description="photos")
+    progress = ProgressArtifact("embed-progress", "photos")
     position = {id(future): index for index, future in enumerate(futures)}
     done = 0
     for future in as_completed(list(futures)):
         done += sizes[position[id(future)]]
-        update_progress_artifact(artifact_id, 100.0 * done / total)
+        progress.update(done, sum(sizes))
     return [future.result() for future in futures]
 
 

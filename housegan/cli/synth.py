@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    except (OSError, FileNotFoundError, PermissionError) as exc:
+    except OSError as exc:  # FileNotFoundError, PermissionError, ...
         raise UserError(f"cannot write to {args.dest}: {exc}") from exc
     kinds = {k: n for k, n in result.counts.items() if k in synth.KINDS}
     defects = {k: n for k, n in result.counts.items() if k not in synth.KINDS}
