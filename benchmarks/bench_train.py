@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from housegan.config import GanSettings
+from housegan.gan import loss as losses
 from housegan.gan.data import prepare
 from housegan.gan.train import Trainer
 
@@ -84,15 +84,16 @@ def bare_step(trainer: Trainer, real: torch.Tensor, z: torch.Tensor, city, image
         both = torch.cat([real, fake.to(real.dtype)])
         logits = trainer.d_train(both, city.repeat(2), image_type.repeat(2)).float()
     batch = real.shape[0]
-    d_loss = F.relu(1 - logits[:batch]).mean() + F.relu(1 + logits[batch:]).mean()
+    d_loss = losses.d_main(logits[:batch], logits[batch:])
     trainer.opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     trainer.opt_d.step()
     trainer.D.requires_grad_(False)
     with trainer.autocast():
-        g_loss = -trainer.d_frozen(trainer.g_train(z, city, image_type), city, image_type).float()
+        logits = trainer.d_frozen(trainer.g_train(z, city, image_type), city, image_type).float()
+    g_loss = losses.g_main(logits)
     trainer.opt_g.zero_grad(set_to_none=True)
-    g_loss.mean().backward()
+    g_loss.backward()
     trainer.opt_g.step()
     trainer.D.requires_grad_(True)
 

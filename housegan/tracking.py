@@ -1,7 +1,7 @@
 """MLflow helpers: the only library module that imports mlflow.
 
 Small and generic so every stage logs the same way: a run context, params (nested mappings
-flattened with dots), metrics, tables, images and image grids, and datasets as run inputs.
+flattened with dots), metrics, tables, images, and datasets as run inputs.
 All ``log_*`` functions act on the active run (``start_run``).
 """
 
@@ -13,7 +13,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,23 +95,6 @@ def log_image(image: Image.Image, artifact_file: str) -> None:
     mlflow.log_image(image, artifact_file=artifact_file)
 
 
-def log_image_grid(
-    images: Sequence[Image.Image] | Image.Image,
-    artifact_file: str,
-    captions: Sequence[str] | None = None,
-    ncols: int = 8,
-    tile: int = 96,
-    title: str | None = None,
-) -> None:
-    """Log one image, or a labelled grid made of several."""
-    if isinstance(images, Image.Image):
-        log_image(images, artifact_file)
-        return
-    from housegan.cluster import image_grid
-
-    log_image(image_grid(images, captions, ncols=ncols, tile=tile, title=title), artifact_file)
-
-
 def log_dataset_input(
     frame: pd.DataFrame,
     name: str,
@@ -138,11 +121,6 @@ def log_dataset_input(
 def content_digest(frame: pd.DataFrame) -> str:
     hashed = pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
-
-
-def active_run_id() -> str | None:
-    run = mlflow.active_run()
-    return run.info.run_id if run else None
 
 
 # ------------------------------------------------------------------ GAN: training runs, models

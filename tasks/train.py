@@ -93,12 +93,13 @@ def train_task(
     from the newest checkpoint in ``out_dir`` and continues the same MLflow run.
     """
     from housegan import tracking
+    from housegan.gan.train import total_kimg
 
     settings = get_settings()
     cfg = GanSettings.model_validate({**settings.gan.model_dump(), **(gan or {})})
     context = TaskRunContext.get()
     retrying = context is not None and context.task_run.run_count > 1
-    reporter = _TrainProgress(_total_kimg(cfg)) if context is not None else None
+    reporter = _TrainProgress(total_kimg(cfg)) if context is not None else None
     tracked = tracking.train_tracked(
         dataset_uri,
         out_dir,
@@ -153,10 +154,6 @@ def _model_markdown(summary: dict[str, Any], tracking_uri: str) -> str:
         f"`housegan generate --model {summary['model_uri']} --city C --image-type T --seed 0`.",
     ]
     return "\n".join(lines)
-
-
-def _total_kimg(cfg: GanSettings) -> float:
-    return cfg.steps * cfg.batch_size / 1000 if cfg.steps is not None else cfg.kimg
 
 
 class _TrainProgress(ProgressArtifact):

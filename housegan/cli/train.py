@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
         + (f", {dataset.skipped} unreadable" if dataset.skipped else "")
     )
     from housegan import tracking
-    from housegan.gan.train import TrainingDiverged
+    from housegan.gan.train import TrainingDiverged, total_kimg
 
-    with tqdm(total=round(_total_kimg(cfg), 3), unit="kimg", desc="train") as bar:
+    with tqdm(total=round(total_kimg(cfg), 3), unit="kimg", desc="train") as bar:
         try:
             tracked = tracking.train_tracked(
                 dataset.uri,
@@ -134,9 +134,3 @@ def _prepare(manifest_uri: str, store_uri: str, image_size: int, options: dict) 
             raise UserError(f"manifest not found: {manifest_uri} ({exc})") from exc
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-
-
-def _total_kimg(cfg: Any) -> float:
-    if cfg.steps is not None:
-        return cfg.steps * cfg.batch_size / 1000
-    return cfg.kimg

@@ -66,10 +66,10 @@ def save(
     uri = storage.join(checkpoint_dir(out_dir), checkpoint_name(step))
     storage.write_bytes_atomic(uri, buffer.getvalue(), storage_options)
     fs, folder = storage.get_fs(checkpoint_dir(out_dir), storage_options)
-    partial = [e for e in fs.ls(folder, detail=False) if _PARTIAL.match(e.rsplit("/", 1)[-1])]
-    older = list_checkpoints(out_dir, storage_options)[:-keep]
-    stale = [storage.get_fs(old, storage_options)[1] for _, old in older]
-    for path in partial + stale:
+    names = {entry: entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(folder, detail=False)}
+    partial = [entry for entry, name in names.items() if _PARTIAL.match(name)]
+    complete = sorted((int(m.group(1)), e) for e, n in names.items() if (m := _NAME.match(n)))
+    for path in partial + [entry for _, entry in complete[:-keep]]:
         fs.rm(path)
     return uri
 

@@ -137,7 +137,7 @@ def prepare(
         "vocab": {"city": cities, "image_type": types},
     }
     _write_dataset(folder, arrays, skipped, info, storage_options)
-    return _prepared_from_info(folder, storage_options)
+    return _prepared(folder, info)
 
 
 def _decode_all(
@@ -241,6 +241,10 @@ def _write_dataset(
 
 def _prepared_from_info(folder: str, storage_options: Mapping[str, Any] | None) -> PreparedDataset:
     info = json.loads(storage.read_bytes(storage.join(folder, INFO_FILE), storage_options))
+    return _prepared(folder, info)
+
+
+def _prepared(folder: str, info: Mapping[str, Any]) -> PreparedDataset:
     return PreparedDataset(
         dataset_id=info["dataset_id"],
         uri=folder,

@@ -343,7 +343,7 @@ class Trainer:
             if snapshot_due and self.reporter:
                 self.reporter.image("samples", self.sample_grid(), self.step)
             if checkpoint_due or checkpoint_time:
-                self.save_checkpoint()
+                self.save_checkpoint(snapshot)  # the state just taken: no second gather
                 last_checkpoint = time.monotonic()
             if time_up:
                 break
@@ -488,8 +488,9 @@ class Trainer:
             self.noise.manual_seed(_seed(self.cfg.seed, "noise", rank, self.step))
             self.augment.generator.manual_seed(_seed(self.cfg.seed, "aug", rank, self.step))
 
-    def save_checkpoint(self) -> str:
-        state = self.state_dict()
+    def save_checkpoint(self, state: Mapping[str, Any] | None = None) -> str:
+        """Write ``state`` (default: the current one; collective under DDP) as a checkpoint."""
+        state = self.state_dict() if state is None else state
         self.checkpoint_step = self.step
         if self.dist.is_main:
             self.last_checkpoint = checkpoint.save(
@@ -556,6 +557,11 @@ def sample_grid(
 
 
 # ---------------------------------------------------------------------------------- helpers
+def total_kimg(cfg: GanSettings) -> float:
+    """The run's budget in kimg, for progress bars (``steps`` x one process's batch, or kimg)."""
+    return cfg.steps * cfg.batch_size / 1000 if cfg.steps is not None else cfg.kimg
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """'auto' is bf16 autocast on CUDA and plain fp32 on CPU."""
     if precision == "auto":
