@@ -13,6 +13,7 @@ endpoint when set.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,11 @@ class GanSettings(BaseModel):
         None, description="fault drill: poison the losses once at this step to exercise the guard"
     )
     registered_model_name: str = "housegan-cgan"
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> GanSettings:
+        """A validated copy with the non-None ``overrides`` applied (CLI flags, flow parameters)."""
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        return type(self).model_validate({**self.model_dump(), **given})
 
 
 class StackSettings(BaseModel):

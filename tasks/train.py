@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from housegan import storage
-from housegan.config import GanSettings, get_settings
+from housegan.config import get_settings
 from tasks.runtime import ProgressArtifact, in_task_run, task_logger
 
 TRAINING_DIR = "training"
@@ -96,7 +96,7 @@ def train_task(
     from housegan.gan.train import total_kimg
 
     settings = get_settings()
-    cfg = GanSettings.model_validate({**settings.gan.model_dump(), **(gan or {})})
+    cfg = settings.gan.with_overrides(gan)
     context = TaskRunContext.get()
     retrying = context is not None and context.task_run.run_count > 1
     reporter = _TrainProgress(total_kimg(cfg)) if context is not None else None

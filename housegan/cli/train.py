@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from housegan import storage
-    from housegan.config import GanSettings, get_settings
+    from housegan.config import get_settings
 
     settings = get_settings()
     overrides = {
@@ -50,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     try:
-        cfg = GanSettings.model_validate(
-            {**settings.gan.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
-        )
+        cfg = settings.gan.with_overrides(overrides)
     except ValidationError as exc:
         raise UserError(f"invalid training options: {exc}") from exc
     options = settings.storage_options()
