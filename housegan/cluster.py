@@ -96,15 +96,23 @@ def kmeans(reduced: np.ndarray, k: int, seed: int, minibatch_above: int) -> Any:
 
 
 def silhouette_report(
-    reduced: np.ndarray, k_range: tuple[int, int], cfg: ClusterSettings
+    reduced: np.ndarray,
+    k_range: tuple[int, int],
+    cfg: ClusterSettings,
+    fitted: Mapping[int, np.ndarray] | None = None,
 ) -> dict[int, float]:
-    """Silhouette score per k (on a seeded sample when large); higher is better separated."""
+    """Silhouette score per k (on a seeded sample when large); higher is better separated.
+
+    ``fitted`` holds labels already fitted for some k (same seed), which are not fitted again.
+    """
     report = {}
     sample = min(cfg.silhouette_sample, len(reduced))
     for k in range(k_range[0], k_range[1] + 1):
         if not 2 <= k < len(reduced):
             continue
-        labels = kmeans(reduced, k, cfg.seed, cfg.minibatch_above).fit_predict(reduced)
+        labels = (fitted or {}).get(k)
+        if labels is None:
+            labels = kmeans(reduced, k, cfg.seed, cfg.minibatch_above).fit_predict(reduced)
         if len(set(labels)) < 2:
             continue
         report[k] = float(
@@ -118,7 +126,8 @@ def fit_clusters(reduced: np.ndarray, cfg: ClusterSettings, report: bool = True)
     labels = model.labels_.astype(np.int32)
     centroids = model.cluster_centers_.astype(np.float32)
     distances = np.linalg.norm(reduced - centroids[labels], axis=1).astype(np.float32)
-    silhouette = silhouette_report(reduced, cfg.k_range, cfg) if report else {}
+    fitted = {len(centroids): labels}  # the report's k-means for this k is the same fit
+    silhouette = silhouette_report(reduced, cfg.k_range, cfg, fitted) if report else {}
     return Clusters(labels, distances, centroids, silhouette)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.neighbors import NearestNeighbors
@@ -326,9 +327,9 @@ def filter_manifest(
     thumb_size: int = 96,
 ) -> FilterResult:
     """Run the funnel and stage the curated frame (plus funnel table and galleries)."""
-    images = manifest.read(manifest.resolve(manifest_uri, storage_options), storage_options)
+    images = read_images(manifest_uri, storage_options)
     cluster_frame, pca = cluster.read_clusters(clusters_uri, storage_options)
-    types, _ = labels.read_types(types_uri, storage_options)
+    types = manifest.read(types_uri, storage_options)
     scores = quality.load_scores(store_uri, images["sha256"].dropna().unique(), storage_options)
     frame = assemble(images, cluster_frame, types, scores, cfg)
     position = pd.Index(cluster_frame["sha256"]).get_indexer(frame["sha256"])
@@ -408,8 +409,6 @@ def _write_parquet(
     uri: str,
     storage_options: Mapping[str, Any] | None,
 ) -> None:
-    import pyarrow.parquet as pq
-
     table = (
         manifest.to_table(frame, schema)
         if schema is not None

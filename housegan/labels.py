@@ -289,15 +289,6 @@ def write_types(
     return uri
 
 
-def read_types(
-    uri: str, storage_options: Mapping[str, Any] | None = None
-) -> tuple[pd.DataFrame, dict[str, Any] | None]:
-    """A types run: the per-sha256 frame and the classifier report (None without labels)."""
-    frame = manifest.read(uri, storage_options)
-    report_uri = uri.rsplit("/", 1)[0] + "/classifier.json"
-    return frame, json.loads(storage.read_bytes(report_uri, storage_options))
-
-
 def export_candidates(curated: pd.DataFrame, labelled_shas: set[str], n: int) -> pd.DataFrame:
     """Photos to label next, most uncertain first: lowest classifier margin, else farthest
     from their cluster centroid. One row per content; photos already labelled are skipped."""

@@ -43,14 +43,19 @@ def resolve_manifest(manifest_uri: str | None, store_uri: str) -> str:
     return manifest.resolve(uri, get_settings().storage_options())
 
 
+def _labels_fingerprint(parameters: dict[str, Any], store: str) -> str:
+    """The content fingerprint of the labels a task reads: the given folder or the store's."""
+    uri = parameters.get("labels_uri") or labels.labels_uri(store)
+    return labels.labels_fingerprint(uri, get_settings().storage_options())
+
+
 def finetune_cache_key(context: TaskRunContext | None, parameters: dict[str, Any]) -> str:
     store = storage.normalize_uri(parameters["store_uri"])
-    labels_uri = parameters.get("labels_uri") or labels.labels_uri(store)
     return _digest(
         "finetune",
         manifest=parameters["manifest_uri"],
         store=store,
-        labels=labels.labels_fingerprint(labels_uri, get_settings().storage_options()),
+        labels=_labels_fingerprint(parameters, store),
         settings=_settings_json("embed", "curate"),
     )
 
@@ -149,13 +154,12 @@ def cluster_task(
 
 def types_cache_key(context: TaskRunContext | None, parameters: dict[str, Any]) -> str:
     store = storage.normalize_uri(parameters["store_uri"])
-    labels_uri = parameters.get("labels_uri") or labels.labels_uri(store)
     return _digest(
         "types",
         manifest=parameters["manifest_uri"],
         clusters=parameters["clusters_uri"],
         store=store,
-        labels=labels.labels_fingerprint(labels_uri, get_settings().storage_options()),
+        labels=_labels_fingerprint(parameters, store),
         settings=_settings_json("cluster", "curate"),
     )
 
