@@ -222,10 +222,9 @@ def cluster_embeddings(
     ids, counts = np.unique(clusters.labels, return_counts=True)
     sizes = {int(c): int(n) for c, n in zip(ids, counts, strict=True)}
     summary = {"k": len(clusters.centroids), "silhouette": clusters.silhouette, "sizes": sizes}
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    parquet_uri = storage.join(run_uri, "clusters.parquet")
-    storage.write_bytes_atomic(parquet_uri, buffer.getvalue(), storage_options)
+    parquet_uri = manifest.write_parquet(
+        table, storage.join(run_uri, "clusters.parquet"), storage_options
+    )
     summary_bytes = json.dumps(summary, indent=2).encode()
     storage.write_bytes_atomic(
         storage.join(run_uri, "summary.json"), summary_bytes, storage_options

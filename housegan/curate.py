@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.neighbors import NearestNeighbors
@@ -414,9 +413,7 @@ def _write_parquet(
         if schema is not None
         else pa.Table.from_pandas(frame, preserve_index=False)
     )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    storage.write_bytes_atomic(uri, buffer.getvalue(), storage_options)
+    manifest.write_parquet(table, uri, storage_options)
 
 
 def publish(

@@ -422,13 +422,10 @@ def embed_shard(
     model = _model_for(cfg, tag, str(torch_device), storage_options)
     vectors, failures = _embed_photos(model, shard, cfg, torch_device, storage_options, progress)
     table = _part_table(shard, vectors, failures, tag, LAYER_DIMS[cfg.layer])
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
     part_uri = storage.join(
         embedding_collection(store_uri, tag), PARTS_FOLDER, storage.new_version_name(".parquet")
     )
-    storage.write_bytes_atomic(part_uri, buffer.getvalue(), storage_options)
-    return part_uri
+    return manifest.write_parquet(table, part_uri, storage_options)
 
 
 # --- the index: which parts make up a tag's embeddings ---------------------------------------

@@ -124,10 +124,8 @@ def import_labels(
     frame = validate_labels(raw, labeller)
     if frame.empty:
         raise LabelError(f"{file_uri} holds no labels (the 'label' column is empty)")
-    buffer = io.BytesIO()
-    pq.write_table(manifest.to_table(frame, LABEL_SCHEMA), buffer, compression="zstd")
     part = storage.join(labels_uri(store_uri), storage.new_version_name(".parquet"))
-    storage.write_bytes_atomic(part, buffer.getvalue(), storage_options)
+    manifest.write_parquet(manifest.to_table(frame, LABEL_SCHEMA), part, storage_options)
     counts = {str(k): int(v) for k, v in frame["label"].value_counts().items()}
     return ImportResult(part, len(frame), counts, skipped=len(raw) - len(frame))
 
@@ -280,10 +278,8 @@ def write_types(
 ) -> str:
     """Store one run's types (and classifier report) under ``<store>/types/``; returns its URI."""
     run_uri = storage.join(store_uri, "types", storage.new_version_name(""))
-    buffer = io.BytesIO()
-    pq.write_table(manifest.to_table(frame, TYPES_SCHEMA), buffer, compression="zstd")
     uri = storage.join(run_uri, "types.parquet")
-    storage.write_bytes_atomic(uri, buffer.getvalue(), storage_options)
+    manifest.write_parquet(manifest.to_table(frame, TYPES_SCHEMA), uri, storage_options)
     body = json.dumps(report.as_dict() if report else None, indent=2).encode()
     storage.write_bytes_atomic(storage.join(run_uri, "classifier.json"), body, storage_options)
     return uri

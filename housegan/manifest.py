@@ -73,6 +73,16 @@ def empty_frame(schema: pa.Schema) -> pd.DataFrame:
     return schema.empty_table().to_pandas()
 
 
+def write_parquet(
+    table: pa.Table, uri: str, storage_options: Mapping[str, Any] | None = None
+) -> str:
+    """Write one Parquet file (zstd) atomically; returns its URI. Every stage writes this way."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    storage.write_bytes_atomic(uri, buffer.getvalue(), storage_options)
+    return uri
+
+
 def write_version(
     frame: pd.DataFrame,
     collection: str,
@@ -82,12 +92,8 @@ def write_version(
 ) -> str:
     """Write ``frame`` as a new immutable version, then publish it as latest; returns its URI."""
     table = to_table(frame, schema)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
     version = storage.new_version_name(".parquet")
-    storage.write_bytes_atomic(
-        storage.join(collection, version), buffer.getvalue(), storage_options
-    )
+    write_parquet(table, storage.join(collection, version), storage_options)
     return storage.publish_pointer(
         collection, version, {"rows": table.num_rows, **(metadata or {})}, storage_options
     )

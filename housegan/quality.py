@@ -174,9 +174,7 @@ def compute_quality(
         scores = _score_many(todo["uri"].tolist(), cfg, storage_options, progress)
         scores.insert(0, "sha256", todo["sha256"].to_numpy())
         part = storage.join(quality_uri(store_uri), storage.new_version_name(".parquet"))
-        buffer = io.BytesIO()
-        pq.write_table(manifest.to_table(scores, QUALITY_SCHEMA), buffer, compression="zstd")
-        storage.write_bytes_atomic(part, buffer.getvalue(), storage_options)
+        manifest.write_parquet(manifest.to_table(scores, QUALITY_SCHEMA), part, storage_options)
     return QualityResult(quality_uri(store_uri), computed=len(todo), reused=len(rows) - len(todo))
 
 

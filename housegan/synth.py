@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from housegan import storage
+from housegan import manifest, storage
 from housegan.config import IMAGE_TYPES
 
 KINDS: tuple[str, ...] = IMAGE_TYPES
@@ -1060,7 +1060,6 @@ def synthesize(
         for _ in pool.map(write, plan):
             bar.update()
 
-    buffer = io.BytesIO()
     table = pa.Table.from_pandas(
         _truth_frame(plan, dest), schema=TRUTH_SCHEMA, preserve_index=False
     )
@@ -1074,8 +1073,7 @@ def synthesize(
     table = table.replace_schema_metadata(
         {**TRUTH_SCHEMA.metadata, b"housegan.synth": json.dumps(recipe).encode()}
     )
-    pq.write_table(table, buffer, compression="zstd")
-    storage.write_bytes_atomic(truth_uri, buffer.getvalue(), storage_options)
+    manifest.write_parquet(table, truth_uri, storage_options)
     return SynthResult(truth_uri=truth_uri, objects=len(plan), counts=_count(plan))
 
 
