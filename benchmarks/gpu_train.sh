@@ -69,4 +69,4 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || 
 time "$PY" benchmarks/bench_train.py --device cuda --sizes 64 128 --precision bf16 fp32 \
   --compile off on --batch-size "$BATCH" --steps "$STEPS" --log-every 25 --bare-steps 20 \
   --warmup 3 --width "$WIDTH" --images 2048 --peak-tflops "$PEAK" --json "$JSON"
-echo "target (issue 4): >= 5500 img/s at R=128 and >= 30% of the bf16 peak; rows in $JSON"
+echo "target: >= 5500 img/s at R=128 and >= 30% of the bf16 peak; rows in $JSON"

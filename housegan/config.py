@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -28,7 +28,15 @@ from pydantic_settings import (
 
 CONFIG_ENV_VAR = "HOUSEGAN_CONFIG"
 DEFAULT_CONFIG_FILE = "housegan.yaml"
-IMAGE_TYPES = ("exterior", "landscape", "floorplan", "interior", "misc")
+ImageType = Literal["exterior", "landscape", "floorplan", "interior", "misc"]
+IMAGE_TYPES: tuple[ImageType, ...] = get_args(ImageType)
+QualityFlag = Literal[
+    "dark", "overexposed", "blurry", "low_information", "grayscale", "odd_aspect_ratio"
+]
+EmbedLayer = Literal["fc7", "conv5"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+AugmentOp = Literal["translation", "color", "cutout"]
+IMAGE_SIZES = (32, 64, 128)  # generator resolutions the networks are built for
 
 
 class ImageLimits(BaseModel):
@@ -65,12 +73,12 @@ class IngestSettings(BaseModel):
 
 
 class EmbedSettings(BaseModel):
-    """VGG16 feature extraction (issue 3)."""
+    """VGG16 feature extraction."""
 
     weights: str = Field(
         "none", description="'imagenet', 'none' (random init) or a file/URI of a state dict"
     )
-    layer: str = Field("fc7", description="'fc7' (4096-d) or 'conv5' (512-d pooled)")
+    layer: EmbedLayer = Field("fc7", description="'fc7' (4096-d) or 'conv5' (512-d pooled)")
     input_size: int = Field(224, ge=32)
     batch_size: int = Field(
         64, ge=1, description="64 amortizes fc6 (100 M weights) better than 32 on CPU"
@@ -78,13 +86,29 @@ class EmbedSettings(BaseModel):
     num_workers: int = Field(2, ge=0, description="DataLoader processes decoding images")
     bf16: bool = True
     seed: int = Field(0, description="seeds the random init when weights='none'")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_named(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("embed.weights is empty; use 'imagenet', 'none' or a file/URI")
+        if value.lower() in ("imagenet", "none"):
+            return value.lower()
+        if not value.endswith((".safetensors", ".pt", ".pth", ".bin")):
+            raise ValueError(
+                f"embed.weights={value!r} is neither 'imagenet', 'none' nor a state-dict file "
+                "(.safetensors, .pt, .pth or .bin)"
+            )
+        return value
+
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
     shard_size: int = Field(256, ge=1, description="photos per Parquet part / mapped task")
     dask_workers: int = Field(0, ge=0, description="map shards on a local Dask cluster if > 0")
 
 
 class ClusterSettings(BaseModel):
-    """k-means over embeddings (issue 3)."""
+    """k-means over embeddings."""
 
     k: int = Field(5, ge=2)
     k_range: tuple[int, int] = Field((3, 8), description="silhouette report over k in [lo, hi]")
@@ -93,30 +117,22 @@ class ClusterSettings(BaseModel):
     minibatch_above: int = Field(50_000, ge=1, description="MiniBatchKMeans above this many rows")
     silhouette_sample: int = Field(5_000, ge=100, description="rows scored per silhouette")
     seed: int = 0
-    cluster_to_type: dict[int, str] = Field(
+    cluster_to_type: dict[int, ImageType] = Field(
         default_factory=dict, description="cluster id -> image type, named from the galleries"
     )
     gallery_nearest: int = Field(8, ge=0, description="photos nearest the centroid per gallery")
     gallery_random: int = Field(8, ge=0, description="random members per gallery")
     thumb_size: int = Field(96, ge=16, description="gallery tile side in pixels")
 
-    @field_validator("cluster_to_type")
-    @classmethod
-    def _types_known(cls, value: dict[int, str]) -> dict[int, str]:
-        unknown = sorted(set(value.values()) - set(IMAGE_TYPES))
-        if unknown:
-            raise ValueError(f"cluster_to_type names unknown types {unknown}; use {IMAGE_TYPES}")
-        return value
-
 
 class CurateSettings(BaseModel):
-    """Image types, quality flags, near-duplicates and outliers (issue 3).
+    """Image types, quality flags, near-duplicates and outliers.
 
     Quality scores are computed on a copy downscaled to ``quality_max_side``; brightness is
     perceived brightness in [0, 1] (cleanvision's formula).
     """
 
-    wanted_types: tuple[str, ...] = ("exterior", "landscape")
+    wanted_types: tuple[ImageType | Literal["unknown"], ...] = ("exterior", "landscape")
     dark_threshold: float = Field(0.12, description="dark: 99th pct brightness below this")
     overexposed_threshold: float = Field(
         0.92, description="overexposed: 5th pct brightness above this"
@@ -131,7 +147,7 @@ class CurateSettings(BaseModel):
         0.015, description="grayscale: mean (max - min) over RGB channels below this"
     )
     max_aspect_ratio: float = Field(3.0, description="odd aspect ratio: long/short side above")
-    drop_flags: tuple[str, ...] = Field(
+    drop_flags: tuple[QualityFlag, ...] = Field(
         ("dark", "overexposed", "blurry", "low_information", "grayscale", "odd_aspect_ratio"),
         description="quality flags that drop a photo (others are only reported)",
     )
@@ -166,20 +182,12 @@ class CurateSettings(BaseModel):
     finetune_holdout: float = Field(0.2, ge=0, lt=1, description="labels held out to score it")
     finetune_seed: int = 0
 
-    @field_validator("wanted_types")
-    @classmethod
-    def _wanted_known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(value) - {*IMAGE_TYPES, "unknown"})
-        if unknown:
-            raise ValueError(f"wanted_types names unknown types {unknown}; use {IMAGE_TYPES}")
-        return value
-
 
 class GanSettings(BaseModel):
-    """Conditional GAN training (issue 4)."""
+    """Conditional GAN training."""
 
     # data and budget
-    image_size: int = Field(64, description="R: 32, 64 or 128")
+    image_size: int = Field(64, description=f"R, the generated side: one of {IMAGE_SIZES}")
     batch_size: int = Field(64, ge=1, description="images per step and per process (DDP rank)")
     kimg: float = Field(10.0, gt=0, description="budget: thousands of real images shown")
     steps: int | None = Field(None, ge=1, description="budget in steps; overrides kimg when set")
@@ -207,7 +215,7 @@ class GanSettings(BaseModel):
     )
     # device and speed
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    precision: str = Field(
+    precision: Precision = Field(
         "auto", description="'auto' (bf16 on CUDA, fp32 on CPU), 'bf16', 'fp16' or 'fp32'"
     )
     channels_last: bool = Field(True, description="NHWC memory format (CUDA only)")
@@ -228,10 +236,25 @@ class GanSettings(BaseModel):
     guard_max_abs_loss: float = Field(1e4, gt=0, description="a larger |loss| counts as diverged")
     guard_lr_factor: float = Field(0.5, gt=0, le=1, description="LRs scale by this on rollback")
     guard_max_rollbacks: int = Field(8, ge=0, description="more rollbacks than this -> give up")
-    inject_nan_at_step: int | None = Field(
-        None, description="fault drill: poison the losses once at this step to exercise the guard"
-    )
     registered_model_name: str = "housegan-cgan"
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_supported(cls, value: int) -> int:
+        if value not in IMAGE_SIZES:
+            raise ValueError(f"gan.image_size={value} is not supported; use one of {IMAGE_SIZES}")
+        return value
+
+    @field_validator("diffaugment")
+    @classmethod
+    def _policy_known(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(get_args(AugmentOp)))
+        if unknown:
+            raise ValueError(
+                f"gan.diffaugment names unknown ops {unknown}; use any of {get_args(AugmentOp)}"
+            )
+        return ",".join(names)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> GanSettings:
         """A validated copy with the non-None ``overrides`` applied (CLI flags, flow parameters)."""

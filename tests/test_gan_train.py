@@ -15,6 +15,7 @@ from housegan.config import GanSettings
 from housegan.gan import checkpoint, ddp, serving
 from housegan.gan.augment import DiffAugment, cutout, translation
 from housegan.gan.train import IndexSampler, TrainingDiverged, train
+from housegan.testing.faults import NanLossOnce
 from tests.gan_helpers import prepared_dataset
 
 TINY = {
@@ -109,9 +110,11 @@ def test_resume_with_a_larger_budget_continues_from_the_newest_checkpoint(
 def test_nan_loss_rolls_back_lowers_learning_rates_and_finishes_finite(
     dataset: str, tmp_path: Path
 ) -> None:
-    cfg = GanSettings(**TINY, steps=12, log_every=4, inject_nan_at_step=6, guard_lr_factor=0.5)
+    cfg = GanSettings(**TINY, steps=12, log_every=4, guard_lr_factor=0.5)
     reporter = ListReporter()
-    result = train(dataset, str(tmp_path / "run"), cfg, reporter=reporter)
+    result = train(
+        dataset, str(tmp_path / "run"), cfg, reporter=reporter, d_loss_hook=NanLossOnce(6)
+    )
 
     assert result.rollbacks == 1 and result.step == 12
     assert reporter.series("guard/rollbacks")[-1] == (12, 1.0)
@@ -126,9 +129,9 @@ def test_nan_loss_rolls_back_lowers_learning_rates_and_finishes_finite(
 
 
 def test_guard_gives_up_after_max_rollbacks(dataset: str, tmp_path: Path) -> None:
-    cfg = GanSettings(**TINY, steps=6, log_every=2, inject_nan_at_step=3, guard_max_rollbacks=0)
+    cfg = GanSettings(**TINY, steps=6, log_every=2, guard_max_rollbacks=0)
     with pytest.raises(TrainingDiverged, match="guard_max_rollbacks=0"):
-        train(dataset, str(tmp_path / "run"), cfg)
+        train(dataset, str(tmp_path / "run"), cfg, d_loss_hook=NanLossOnce(3))
 
 
 def test_dataset_prepared_at_another_size_is_refused(dataset: str, tmp_path: Path) -> None:

@@ -310,7 +310,7 @@ def test_city_is_predictable_from_exteriors():
 
 
 def _random_vgg_fc7(images, size: int = 112) -> np.ndarray:
-    """Issue 3's embedding with weights=none: fc7 at 112 px, bf16, L2-normalised, mean-centred."""
+    """Curation's embedding with weights=none: fc7 at 112 px, bf16, L2-normalised, mean-centred."""
     import torch
     import torchvision
     from torchvision.transforms import v2
@@ -340,7 +340,7 @@ def _random_vgg_fc7(images, size: int = 112) -> np.ndarray:
 
 @pytest.mark.slow
 def test_kinds_are_separable_with_random_init_vgg16():
-    """Issue 3 must show: 30 labels per type -> >= 90% type accuracy on the rest (~1-2 min)."""
+    """30 labels per type -> >= 90% type accuracy on the rest (~1-2 min)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

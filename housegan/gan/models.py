@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-SUPPORTED_SIZES = (32, 64, 128)
+from housegan.config import IMAGE_SIZES
+
+SUPPORTED_SIZES = IMAGE_SIZES
 MAX_WIDTH_MULT = 16  # channels never exceed 16 × width (BigGAN's widest stage)
 
 

@@ -40,6 +40,7 @@ from housegan.gan.models import Discriminator, Generator, ModelSpec
 
 CHECKPOINT_FORMAT = "housegan.gan.checkpoint/1"
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+LossHook = Callable[[int, Tensor], Tensor]  # (step, loss) -> the loss the update uses
 
 
 class Reporter(Protocol):
@@ -80,12 +81,21 @@ def train(
     resume: bool = False,
     reporter: Reporter | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    d_loss_hook: LossHook | None = None,
 ) -> TrainResult:
     """Train on a prepared dataset; ``resume`` continues from the newest checkpoint in out_dir.
 
-    Under ``torchrun`` every rank calls this; rank 0 reports and writes files.
+    Under ``torchrun`` every rank calls this; rank 0 reports and writes files. ``d_loss_hook``
+    sees (step, D loss) before the update: fault drills (``housegan.testing.faults``) use it.
     """
-    trainer = Trainer(dataset_uri, out_dir, cfg, reporter=reporter, storage_options=storage_options)
+    trainer = Trainer(
+        dataset_uri,
+        out_dir,
+        cfg,
+        reporter=reporter,
+        storage_options=storage_options,
+        d_loss_hook=d_loss_hook,
+    )
     try:
         if resume:
             trainer.resume()
@@ -144,8 +154,10 @@ class Trainer:
         *,
         reporter: Reporter | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        d_loss_hook: LossHook | None = None,
     ) -> None:
         self.cfg, self.storage_options = cfg, storage_options
+        self.d_loss_hook = d_loss_hook
         self.out_dir = storage.normalize_uri(out_dir)
         self.dist, self.device = ddp.setup(cfg.device)
         self.reporter = reporter if self.dist.is_main else None
@@ -184,7 +196,6 @@ class Trainer:
         self.rollbacks = 0
         self.stats = losses.Stats()
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        self._nan_injected = False
         self.last_checkpoint = ""
         self.checkpoint_step = -1
         self.last_metrics: dict[str, float] = {}
@@ -264,7 +275,9 @@ class Trainer:
                 both = self.augment(torch.cat([real, fake.to(real.dtype)]))
                 logits = self.d_train(both, city.repeat(2), image_type.repeat(2)).float()
             d_loss = losses.d_main(logits[:batch], logits[batch:], self.stats)
-            self._update(self.opt_d, self._inject_nan(d_loss), self.D, "d", measure)
+            if self.d_loss_hook is not None:
+                d_loss = self.d_loss_hook(self.step, d_loss)
+            self._update(self.opt_d, d_loss, self.D, "d", measure)
 
         self.D.requires_grad_(False)
         with self.autocast():
@@ -291,12 +304,6 @@ class Trainer:
             self.stats.add(f"grad_norm/{name}", torch.nn.utils.get_total_norm(grads))
         self.scaler.step(opt)
         self.scaler.update()
-
-    def _inject_nan(self, loss: Tensor) -> Tensor:
-        if self.cfg.inject_nan_at_step == self.step and not self._nan_injected:
-            self._nan_injected = True  # once: the replay after the rollback runs clean
-            return loss * float("nan")
-        return loss
 
     @torch.no_grad()
     def _update_ema(self) -> None:
