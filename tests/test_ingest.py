@@ -17,7 +17,7 @@ import pytest
 
 from housegan import manifest, storage
 from housegan.config import Settings, get_settings
-from housegan.images import ImageRejected, load_rgb
+from housegan.images import ImageRejected, decode_rgb
 from housegan.ingest import (
     IngestError,
     IngestResult,
@@ -172,13 +172,13 @@ def test_manifest_file_matches_the_schema(defect_manifest):
     assert table.schema.equals(IMAGE_MANIFEST_SCHEMA, check_metadata=False)
 
 
-def test_load_rgb_gives_displayed_rgb_and_rejects_unusable_bytes():
+def test_decode_rgb_gives_displayed_rgb_and_rejects_unusable_bytes():
     limits = Settings().images
-    rotated = load_rgb(photo_bytes(80, 40, seed=4, exif_orientation=6), limits)
+    rotated = decode_rgb(photo_bytes(80, 40, seed=4, exif_orientation=6), limits=limits)
     assert (rotated.size, rotated.mode) == ((40, 80), "RGB")
-    assert load_rgb(photo_bytes(mode="CMYK", seed=7), limits).mode == "RGB"
+    assert decode_rgb(photo_bytes(mode="CMYK", seed=7), limits=limits).mode == "RGB"
     with pytest.raises(ImageRejected) as rejected:
-        load_rgb(photo_bytes(96, 64, seed=2)[:900], limits)
+        decode_rgb(photo_bytes(96, 64, seed=2)[:900], limits=limits)
     assert rejected.value.check.status == Status.CORRUPT
 
 
