@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
@@ -222,7 +221,7 @@ def cluster_embeddings(
     ids, counts = np.unique(clusters.labels, return_counts=True)
     sizes = {int(c): int(n) for c, n in zip(ids, counts, strict=True)}
     summary = {"k": len(clusters.centroids), "silhouette": clusters.silhouette, "sizes": sizes}
-    parquet_uri = manifest.write_parquet(
+    parquet_uri = storage.write_parquet(
         table, storage.join(run_uri, "clusters.parquet"), storage_options
     )
     summary_bytes = json.dumps(summary, indent=2).encode()
@@ -238,7 +237,7 @@ def read_clusters(
     uri: str, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The per-image frame (sha256, cluster, cluster_distance) and its PCA matrix."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options)))
+    table = storage.read_parquet(uri, storage_options=storage_options)
     pca = table.column("pca").combine_chunks()
     matrix = pca.values.to_numpy().reshape(len(table), pca.type.list_size)
     return table.drop(["pca"]).to_pandas(), matrix.astype(np.float32)

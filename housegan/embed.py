@@ -2,7 +2,8 @@
 
 A model tag (``vgg16-<weights>-<layer>-<input size>``) names exactly one feature extractor, so
 vectors of different backbones never mix and a photo's vector is computed once per tag, however
-often it is renamed, re-uploaded or duplicated. Store layout, per tag:
+often it is renamed, re-uploaded or duplicated. Each tag is a parts collection keyed by sha256
+(``housegan.collections.PartsCollection``); store layout, per tag:
 
     <store>/embeddings/<tag>/parts/<version>.parquet   immutable parts, one per embedded shard
     <store>/embeddings/<tag>/<version>.json            index versions: which parts make the set
@@ -29,8 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageOps
 from torch import nn
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from housegan import manifest, storage
+from housegan.collections import Index, PartsCollection
 from housegan.config import EmbedSettings
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,6 @@ LAYER_DIMS = {"fc7": 4096, "conv5": 512}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EMBEDDINGS_FOLDER = "embeddings"
-PARTS_FOLDER = "parts"
-INDEX_SUFFIX = ".json"
 
 Progress = Callable[[int], None]  # called with the number of photos just finished (tqdm.update)
 
@@ -405,6 +403,13 @@ def embedding_collection(store_uri: str, tag: str) -> str:
     return storage.join(storage.normalize_uri(store_uri), EMBEDDINGS_FOLDER, tag)
 
 
+def embeddings(
+    store_uri: str, tag: str, storage_options: Mapping[str, Any] | None = None
+) -> PartsCollection:
+    """The parts collection of one tag's vectors (columns as ``embedding_schema``)."""
+    return PartsCollection(embedding_collection(store_uri, tag), "sha256", None, storage_options)
+
+
 def embed_shard(
     shard: Shard,
     store_uri: str,
@@ -422,61 +427,20 @@ def embed_shard(
     model = _model_for(cfg, tag, str(torch_device), storage_options)
     vectors, failures = _embed_photos(model, shard, cfg, torch_device, storage_options, progress)
     table = _part_table(shard, vectors, failures, tag, LAYER_DIMS[cfg.layer])
-    part_uri = storage.join(
-        embedding_collection(store_uri, tag), PARTS_FOLDER, storage.new_version_name(".parquet")
-    )
-    return manifest.write_parquet(table, part_uri, storage_options)
+    return embeddings(store_uri, tag, storage_options).append(table)
 
 
 # --- the index: which parts make up a tag's embeddings ---------------------------------------
-
-
-def _read_index(
-    store_uri: str, tag: str, storage_options: Mapping[str, Any] | None
-) -> dict[str, Any] | None:
-    index_uri = storage.latest_uri(embedding_collection(store_uri, tag), storage_options)
-    if index_uri is None:
-        return None
-    return json.loads(storage.read_bytes(index_uri, storage_options))
-
-
-def _published_parts(
-    store_uri: str, tag: str, storage_options: Mapping[str, Any] | None
-) -> list[tuple[Any, str]] | None:
-    """(filesystem, path) of each part the latest index names; None if none is published."""
-    index = _read_index(store_uri, tag, storage_options)
-    if index is None:
-        return None
-    collection = embedding_collection(store_uri, tag)
-    return [
-        storage.get_fs(storage.join(collection, part["name"]), storage_options)
-        for part in index.get("parts", [])
-    ]
-
-
-def _read_parts(parts: list[tuple[Any, str]], columns: list[str]) -> Iterator[pa.Table]:
-    """The given columns of each part, one part at a time (memory stays at one part)."""
-    for fs, path in parts:
-        yield pq.read_table(path, columns=columns, filesystem=fs)
 
 
 def settled_sha256s(
     store_uri: str, tag: str, storage_options: Mapping[str, Any] | None = None
 ) -> set[str]:
     """sha256s that need no more work under ``tag``: embedded, or found undecodable."""
-    settled: set[str] = set()
-    parts = _published_parts(store_uri, tag, storage_options) or []
-    for table in _read_parts(parts, ["sha256", "status"]):
-        done = pc.is_in(table["status"], pa.array([status.value for status in SETTLED]))
-        settled.update(table.filter(done)["sha256"].to_pylist())
-    return settled
-
-
-def _relative_part_name(collection: str, part_uri: str) -> str:
-    part_uri = storage.normalize_uri(part_uri)
-    if not part_uri.startswith(collection + "/"):
-        raise ValueError(f"part {part_uri} is not inside {collection}")
-    return part_uri[len(collection) + 1 :]
+    settled = embeddings(store_uri, tag, storage_options).read(
+        ["sha256"], where={"status": [status.value for status in SETTLED]}
+    )
+    return set(settled["sha256"].to_pylist())
 
 
 def publish(
@@ -487,28 +451,11 @@ def publish(
 ) -> str:
     """Publish a new index version: the current parts plus ``part_uris``; returns its URI.
 
-    Concurrent publishers of one tag race (last pointer wins); the parts a lost index named
-    stay on storage and their photos are embedded again by the next run.
+    Concurrent publishers of one tag publish on top of each other (see
+    ``PartsCollection.publish``); a part whose index is lost anyway stays on storage and its
+    photos are embedded again by the next run.
     """
-    collection = embedding_collection(store_uri, tag)
-    parts = list((_read_index(store_uri, tag, storage_options) or {}).get("parts", []))
-    known = {part["name"] for part in parts}
-    for part_uri in part_uris:
-        name = _relative_part_name(collection, part_uri)
-        if name in known:
-            continue
-        fs, path = storage.get_fs(storage.join(collection, name), storage_options)
-        parts.append({"name": name, "rows": pq.read_metadata(path, filesystem=fs).num_rows})
-        known.add(name)
-    rows = sum(part["rows"] for part in parts)
-    body = {"tag": tag, "rows": rows, "parts": parts}
-    version = storage.new_version_name(INDEX_SUFFIX)
-    storage.write_bytes_atomic(
-        storage.join(collection, version), json.dumps(body, indent=1).encode(), storage_options
-    )
-    return storage.publish_pointer(
-        collection, version, {"tag": tag, "rows": rows, "parts": len(parts)}, storage_options
-    )
+    return embeddings(store_uri, tag, storage_options).publish(part_uris, {"tag": tag})
 
 
 def publish_new(
@@ -519,10 +466,7 @@ def publish_new(
 ) -> str:
     """The index URI after adding ``part_uris``: a new version when there are new parts (or no
     index yet: an empty first index still gives readers something to open), else the latest."""
-    uri = storage.latest_uri(embedding_collection(store_uri, tag), storage_options)
-    if part_uris or uri is None:
-        uri = publish(store_uri, tag, part_uris, storage_options)
-    return uri
+    return embeddings(store_uri, tag, storage_options).publish_new(part_uris, {"tag": tag})
 
 
 def part_failures(
@@ -531,8 +475,7 @@ def part_failures(
     """(photos embedded, {sha256: reason} of those that failed) over some parts."""
     embedded, failed = 0, {}
     for part_uri in part_uris:
-        fs, path = storage.get_fs(part_uri, storage_options)
-        table = pq.read_table(path, columns=["sha256", "status", "error"], filesystem=fs)
+        table = storage.read_parquet(part_uri, ["sha256", "status", "error"], storage_options)
         for row in table.to_pylist():
             if row["status"] == EmbedStatus.OK:
                 embedded += 1
@@ -594,30 +537,6 @@ def _vectors(table: pa.Table) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
-def _vector_dim(fs: Any, path: str) -> int:
-    return pq.read_schema(path, filesystem=fs).field("vector").type.list_size
-
-
-def _select_rows(parts: list[tuple[Any, str]], sha256s: Sequence[str] | None) -> pd.DataFrame:
-    """Which row of which part gives each wanted vector (columns sha256, part, row), in the
-    order load_embeddings returns them. Reads only the small sha256 and status columns."""
-    wanted = None if sha256s is None else pd.unique(np.asarray(sha256s, dtype=object))
-    candidates = []
-    for part, table in enumerate(_read_parts(parts, ["sha256", "status"])):
-        frame = table.to_pandas()
-        frame["part"], frame["row"] = part, np.arange(len(frame))
-        keep = frame["status"] == EmbedStatus.OK
-        if wanted is not None:
-            keep &= frame["sha256"].isin(wanted)
-        candidates.append(frame[keep])
-    rows = pd.concat(candidates) if candidates else pd.DataFrame(columns=["sha256", "part", "row"])
-    rows = rows.drop_duplicates("sha256")  # a photo in two parts (racing runs): first wins
-    if wanted is None:
-        return rows.sort_values("sha256", ignore_index=True)
-    order = pd.Index(wanted).get_indexer(rows["sha256"])
-    return rows.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
-
-
 def load_embeddings(
     store_uri: str,
     tag: str,
@@ -628,17 +547,32 @@ def load_embeddings(
     """(sha256s, vectors [n, dim]) of a tag's embedded photos.
 
     With ``sha256s``: those of them that have a vector, in the order asked (first occurrence);
-    without: all, sorted by sha256. Memory: the result plus one part's vectors.
+    without: all, sorted by sha256. A photo in two parts (racing runs) gets the later vector.
+    Two passes over the same parts, one part at a time: the small sha256 and status columns to
+    size and order the result, then the vectors straight into it. Memory: the result plus one
+    part's vectors.
     """
-    parts = _published_parts(store_uri, tag, storage_options)
-    if parts is None:
+    collection = embeddings(store_uri, tag, storage_options)
+    index = collection.index()
+    if index is None:
         raise FileNotFoundError(
             f"no embeddings published for {tag} under {store_uri}; run the embed stage first"
         )
-    rows = _select_rows(parts, sha256s)
-    dim = _vector_dim(*parts[0]) if parts else 0
-    vectors = np.empty((len(rows), dim), dtype=dtype)
-    for part, chosen in rows.groupby("part"):
-        table = next(_read_parts([parts[part]], ["vector"]))
-        vectors[chosen.index.to_numpy()] = _vectors(table.take(chosen["row"].to_numpy()))
-    return rows["sha256"].to_numpy(dtype=object), vectors
+    wanted = None if sha256s is None else list(dict.fromkeys(sha256s))
+
+    def scan(columns: list[str]) -> Iterator[pa.Table]:
+        ok = {"status": [EmbedStatus.OK.value]}
+        return collection.scan(columns, keys=wanted, where=ok, dedupe=True, parts=index.parts)
+
+    found = {sha for table in scan(["sha256"]) for sha in table["sha256"].to_pylist()}
+    order = sorted(found) if wanted is None else [sha for sha in wanted if sha in found]
+    position = pd.Index(order)
+    dim = _vector_dim(collection, index) if index.parts else 0
+    vectors = np.empty((len(order), dim), dtype=dtype)
+    for table in scan(["sha256", "vector"]):
+        vectors[position.get_indexer(table["sha256"].to_pylist())] = _vectors(table)
+    return np.asarray(order, dtype=object), vectors
+
+
+def _vector_dim(collection: PartsCollection, index: Index) -> int:
+    return collection.part_schema(index.parts[0]).field("vector").type.list_size

@@ -1,9 +1,10 @@
 """Human labels and the image-type classifier.
 
-Labels are append-only: each import writes a new immutable Parquet part under
-``<store>/labels/``; reading merges all parts and the latest label of a photo wins. A label
-names its photo by ``key`` or ``sha256`` (or both); keys are mapped to content through the
-manifest, so a label follows its photo's content across renames and duplicates.
+Labels are append-only: each import writes a new immutable Parquet part to the parts collection
+``<store>/labels/`` and publishes it (see ``housegan.collections``); reading merges all
+published parts and the latest label of a photo wins. A label names its photo by ``key`` or
+``sha256`` (or both); keys are mapped to content through the manifest, so a label follows its
+photo's content across renames and duplicates.
 
 Every photo gets ``image_type`` and ``type_confidence``: a human label if it has one; else a
 logistic regression on the projected embeddings trained on the labels (held-out accuracy by
@@ -23,13 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from housegan import manifest, storage
 from housegan.cluster import UNKNOWN_TYPE, types_from_clusters
+from housegan.collections import PartsCollection
 from housegan.config import IMAGE_TYPES, ClusterSettings, CurateSettings
 from housegan.manifest import TIMESTAMP, Status
 
@@ -65,12 +66,18 @@ def labels_uri(store_uri: str) -> str:
     return storage.join(store_uri, LABELS_DIR)
 
 
+def label_parts(uri: str, storage_options: Mapping[str, Any] | None = None) -> PartsCollection:
+    """The parts collection of a labels folder (``LABEL_SCHEMA``; a label names its photo by
+    key or sha256, so rows have no single key: "latest wins" is ``labels_by_content``'s)."""
+    return PartsCollection(uri, None, LABEL_SCHEMA, storage_options)
+
+
 def read_label_file(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """A CSV or Parquet file of labels, as written by a person or a tool."""
-    data = storage.read_bytes(uri, storage_options)
     if uri.lower().endswith(".parquet"):
-        return pq.read_table(io.BytesIO(data)).to_pandas()
+        return manifest.read(uri, storage_options)
     if uri.lower().endswith(".csv"):
+        data = storage.read_bytes(uri, storage_options)
         return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     raise LabelError(f"{uri}: label files are .csv or .parquet")
 
@@ -119,36 +126,24 @@ def import_labels(
     labeller: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> ImportResult:
-    """Validate a label file and append it to the store as a new immutable part."""
+    """Validate a label file and append it to the store as a new immutable, published part."""
     raw = read_label_file(file_uri, storage_options)
     frame = validate_labels(raw, labeller)
     if frame.empty:
         raise LabelError(f"{file_uri} holds no labels (the 'label' column is empty)")
-    part = storage.join(labels_uri(store_uri), storage.new_version_name(".parquet"))
-    manifest.write_parquet(manifest.to_table(frame, LABEL_SCHEMA), part, storage_options)
+    collection = label_parts(labels_uri(store_uri), storage_options)
+    part = collection.append(manifest.to_table(frame, LABEL_SCHEMA))
+    collection.publish([part])
     counts = {str(k): int(v) for k, v in frame["label"].value_counts().items()}
     return ImportResult(part, len(frame), counts, skipped=len(raw) - len(frame))
 
 
-def _label_parts(uri: str, storage_options: Mapping[str, Any] | None) -> list[str]:
-    fs, root = storage.get_fs(uri, storage_options)
-    if not fs.exists(root):
-        return []
-    return sorted(fs.glob(f"{root}/*.parquet"))
-
-
 def read_labels(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """All labels under a labels folder (parts in write order), or one CSV/Parquet file."""
+    """All labels of a labels folder (published parts in publish order), or of one CSV/Parquet
+    file."""
     if uri.lower().endswith((".csv", ".parquet")):
         return validate_labels(read_label_file(uri, storage_options))
-    fs, _ = storage.get_fs(uri, storage_options)
-    parts = [
-        pq.read_table(io.BytesIO(fs.cat_file(p))).to_pandas()
-        for p in _label_parts(uri, storage_options)
-    ]
-    if not parts:
-        return manifest.empty_frame(LABEL_SCHEMA)
-    return pd.concat(parts, ignore_index=True)
+    return label_parts(uri, storage_options).read().to_pandas()
 
 
 def labels_fingerprint(uri: str | None, storage_options: Mapping[str, Any] | None = None) -> str:
@@ -157,7 +152,7 @@ def labels_fingerprint(uri: str | None, storage_options: Mapping[str, Any] | Non
         return "none"
     if uri.lower().endswith((".csv", ".parquet")):
         return hashlib.sha256(storage.read_bytes(uri, storage_options)).hexdigest()[:16]
-    names = "\n".join(_label_parts(uri, storage_options))
+    names = "\n".join(part.name for part in label_parts(uri, storage_options).list_parts())
     return hashlib.sha256(names.encode()).hexdigest()[:16]
 
 
@@ -279,7 +274,7 @@ def write_types(
     """Store one run's types (and classifier report) under ``<store>/types/``; returns its URI."""
     run_uri = storage.join(store_uri, "types", storage.new_version_name(""))
     uri = storage.join(run_uri, "types.parquet")
-    manifest.write_parquet(manifest.to_table(frame, TYPES_SCHEMA), uri, storage_options)
+    storage.write_parquet(manifest.to_table(frame, TYPES_SCHEMA), uri, storage_options)
     body = json.dumps(report.as_dict() if report else None, indent=2).encode()
     storage.write_bytes_atomic(storage.join(run_uri, "classifier.json"), body, storage_options)
     return uri

@@ -1,21 +1,20 @@
 """Manifest data contracts: explicit pyarrow schemas, versioned Parquet files, atomic publish.
 
 A manifest collection is a folder ``<store>/manifests/<name>/`` holding immutable version files
-``<timestamp>-<id>.parquet`` and a ``latest`` pointer written last (see ``storage``).
+``<timestamp>-<id>.parquet`` and a ``latest`` pointer written last: a versioned collection (see
+``housegan.collections``). The functions here are its DataFrame face.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from housegan import storage
+from housegan import collections, storage
 
 IMAGES_COLLECTION = "manifests/images"
 
@@ -73,14 +72,8 @@ def empty_frame(schema: pa.Schema) -> pd.DataFrame:
     return schema.empty_table().to_pandas()
 
 
-def write_parquet(
-    table: pa.Table, uri: str, storage_options: Mapping[str, Any] | None = None
-) -> str:
-    """Write one Parquet file (zstd) atomically; returns its URI. Every stage writes this way."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    storage.write_bytes_atomic(uri, buffer.getvalue(), storage_options)
-    return uri
+# Compatibility name while callers move to ``storage.write_parquet``.
+write_parquet = storage.write_parquet
 
 
 def write_version(
@@ -91,24 +84,20 @@ def write_version(
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Write ``frame`` as a new immutable version, then publish it as latest; returns its URI."""
-    table = to_table(frame, schema)
-    version = storage.new_version_name(".parquet")
-    write_parquet(table, storage.join(collection, version), storage_options)
-    return storage.publish_pointer(
-        collection, version, {"rows": table.num_rows, **(metadata or {})}, storage_options
-    )
+    versions = collections.VersionedCollection(collection, storage_options=storage_options)
+    return versions.put_table(to_table(frame, schema), metadata)
 
 
 def read(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Read one manifest version (a Parquet file URI) into a DataFrame."""
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options))).to_pandas()
+    return storage.read_parquet(uri, storage_options=storage_options).to_pandas()
 
 
 def read_latest(
     collection: str, schema: pa.Schema, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[str | None, pd.DataFrame]:
     """The latest published version of a collection (URI, frame); empty if none yet."""
-    uri = storage.latest_uri(collection, storage_options)
+    uri = collections.VersionedCollection(collection, storage_options=storage_options).latest()
     if uri is None:
         return None, empty_frame(schema)
     return uri, read(uri, storage_options)
@@ -116,9 +105,4 @@ def read_latest(
 
 def resolve(uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Accept a version file or a collection folder (meaning its latest) and return a file."""
-    if uri.endswith(".parquet"):
-        return storage.normalize_uri(uri)
-    latest = storage.latest_uri(uri, storage_options)
-    if latest is None:
-        raise FileNotFoundError(f"{uri} is neither a .parquet file nor a published collection")
-    return latest
+    return collections.resolve(uri, ".parquet", storage_options)

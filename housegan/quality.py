@@ -2,8 +2,9 @@
 information, grayscale, odd aspect ratio.
 
 Scores are computed once per content hash on a downscaled copy and stored content-addressed
-under ``<store>/quality/<QUALITY_VERSION>/`` as immutable Parquet parts (one per run that found
-new photos), so a renamed, re-uploaded or duplicated photo is never scored again. Flags are
+in a parts collection ``<store>/quality/<QUALITY_VERSION>/`` keyed by sha256 (one immutable
+Parquet part per run that found new photos, see ``housegan.collections``), so a renamed,
+re-uploaded or duplicated photo is never scored again. Flags are
 derived from scores at read time, so changing a threshold needs no recomputation.
 """
 
@@ -18,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from housegan import manifest, storage
+from housegan.collections import PartsCollection
 from housegan.config import CurateSettings
 from housegan.manifest import Status
 
@@ -62,6 +63,13 @@ class QualityResult:
 
 def quality_uri(store_uri: str) -> str:
     return storage.join(store_uri, "quality", QUALITY_VERSION)
+
+
+def quality_scores(
+    store_uri: str, storage_options: Mapping[str, Any] | None = None
+) -> PartsCollection:
+    """The parts collection of stored scores (``QUALITY_SCHEMA``)."""
+    return PartsCollection(quality_uri(store_uri), "sha256", QUALITY_SCHEMA, storage_options)
 
 
 def open_image(data: bytes, max_side: int) -> Image.Image:
@@ -138,17 +146,10 @@ def load_scores(
     sha256s: Sequence[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """All stored scores (one row per sha256), optionally only those named."""
-    fs, root = storage.get_fs(quality_uri(store_uri), storage_options)
-    paths = sorted(fs.glob(f"{root}/*.parquet")) if fs.exists(root) else []
-    frames = [pq.read_table(io.BytesIO(fs.cat_file(path))).to_pandas() for path in paths]
-    scores = (
-        pd.concat(frames, ignore_index=True) if frames else manifest.empty_frame(QUALITY_SCHEMA)
-    )
-    scores = scores.drop_duplicates("sha256", keep="last")
-    if sha256s is not None:
-        scores = scores[scores["sha256"].isin(set(sha256s))]
-    return scores.reset_index(drop=True)
+    """All stored scores (one row per sha256: the last written), optionally only those named."""
+    collection = quality_scores(store_uri, storage_options)
+    keys = None if sha256s is None else [str(sha) for sha in sha256s]
+    return collection.read(keys=keys, dedupe=True).to_pandas()
 
 
 def scorable_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -168,13 +169,13 @@ def compute_quality(
     rows = scorable_rows(
         manifest.read(manifest.resolve(manifest_uri, storage_options), storage_options)
     )
-    known = set(load_scores(store_uri, storage_options=storage_options)["sha256"])
+    collection = quality_scores(store_uri, storage_options)
+    known = set(collection.read(["sha256"])["sha256"].to_pylist())
     todo = rows[~rows["sha256"].isin(known)]
     if len(todo):
         scores = _score_many(todo["uri"].tolist(), cfg, storage_options, progress)
         scores.insert(0, "sha256", todo["sha256"].to_numpy())
-        part = storage.join(quality_uri(store_uri), storage.new_version_name(".parquet"))
-        manifest.write_parquet(manifest.to_table(scores, QUALITY_SCHEMA), part, storage_options)
+        collection.publish([collection.append(manifest.to_table(scores, QUALITY_SCHEMA))])
     return QualityResult(quality_uri(store_uri), computed=len(todo), reused=len(rows) - len(todo))
 
 

@@ -1,5 +1,9 @@
 """URI-addressed storage through fsspec: ``s3://bucket/prefix`` and ``file:///path`` alike.
 
+One object at a URI: bytes, one Parquet file (``write_parquet``/``read_parquet``, the only
+single-file Parquet write and read) and the ``latest`` pointer of a collection. Collections made
+of many such objects (versions, parts) are in ``housegan.collections``.
+
 Publishing follows one rule: data is written under a fresh, never-reused name first, and only
 then is a small pointer written that names it. S3 PUTs are atomic per object; local writes go
 to a temporary file in the same folder and are renamed into place.
@@ -7,17 +11,20 @@ to a temporary file in the same folder and are renamed into place.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 POINTER_NAME = "latest"
@@ -85,6 +92,35 @@ def write_bytes_atomic(
 def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
     fs, path = get_fs(uri, storage_options)
     return fs.cat_file(path)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as the bytes of one zstd-compressed Parquet file."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def write_parquet(
+    table: pa.Table, uri: str, storage_options: Mapping[str, Any] | None = None
+) -> str:
+    """Write one Parquet file (zstd) atomically; returns its URI. Every stage writes this way."""
+    write_bytes_atomic(uri, parquet_bytes(table), storage_options)
+    return uri
+
+
+def read_parquet(
+    uri: str,
+    columns: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> pa.Table:
+    """One Parquet file (all columns, or those named); FileNotFoundError if it is absent.
+
+    Only the footer and the named columns' chunks are fetched, not the whole object.
+    """
+    fs, path = get_fs(uri, storage_options)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle, columns=None if columns is None else list(columns))
 
 
 def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:

@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from housegan import manifest, storage
+from housegan import storage
 from housegan.config import IMAGE_TYPES
 
 KINDS: tuple[str, ...] = IMAGE_TYPES
@@ -1073,7 +1072,7 @@ def synthesize(
     table = table.replace_schema_metadata(
         {**TRUTH_SCHEMA.metadata, b"housegan.synth": json.dumps(recipe).encode()}
     )
-    manifest.write_parquet(table, truth_uri, storage_options)
+    storage.write_parquet(table, truth_uri, storage_options)
     return SynthResult(truth_uri=truth_uri, objects=len(plan), counts=_count(plan))
 
 
@@ -1091,7 +1090,7 @@ def existing(
     dest = storage.normalize_uri(dest_uri).rstrip("/")
     truth_uri = storage.normalize_uri(truth_uri) if truth_uri else default_truth_uri(dest)
     try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(truth_uri, storage_options)))
+        table = storage.read_parquet(truth_uri, storage_options=storage_options)
     except FileNotFoundError:
         return None
     recipe = json.loads((table.schema.metadata or {}).get(b"housegan.synth", b"{}"))
@@ -1105,7 +1104,7 @@ def existing(
 
 def read_truth(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """The truth table written by ``synthesize``."""
-    return _truth_to_pandas(pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options))))
+    return _truth_to_pandas(storage.read_parquet(uri, storage_options=storage_options))
 
 
 def _truth_to_pandas(table: pa.Table) -> pd.DataFrame:
