@@ -413,7 +413,7 @@ def _write_parquet(
         if schema is not None
         else pa.Table.from_pandas(frame, preserve_index=False)
     )
-    manifest.write_parquet(table, uri, storage_options)
+    storage.write_parquet(table, uri, storage_options)
 
 
 def publish(

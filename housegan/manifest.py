@@ -72,10 +72,6 @@ def empty_frame(schema: pa.Schema) -> pd.DataFrame:
     return schema.empty_table().to_pandas()
 
 
-# Compatibility name while callers move to ``storage.write_parquet``.
-write_parquet = storage.write_parquet
-
-
 def write_version(
     frame: pd.DataFrame,
     collection: str,
