@@ -27,6 +27,7 @@ from sklearn.metrics import silhouette_score
 
 from housegan import manifest, storage
 from housegan.config import ClusterSettings
+from housegan.images import to_rgb
 
 CLUSTERS_DIR = "clusters"
 UNKNOWN_TYPE = "unknown"
@@ -166,7 +167,7 @@ def image_grid(
         draw.text((4, 2), title, fill="black")
     for index, image in enumerate(images):
         x, y = (index % ncols) * tile, title_h + (index // ncols) * (tile + caption_h)
-        thumb = image.convert("RGB").copy()
+        thumb = to_rgb(image)  # a fresh copy: thumbnail() below resizes in place
         thumb.thumbnail((tile, tile))
         sheet.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
         if captions:

@@ -4,15 +4,20 @@ A device is named by a ``DeviceSpec``: ``"auto"`` (CUDA when present, else CPU),
 ``"cuda"`` (this process's GPU: ``cuda:LOCAL_RANK`` under DDP, ``cuda:0`` otherwise) or
 ``"cuda:N"``. Settings validate the spelling when they load (so a typo fails before any work);
 ``resolve_device`` checks, at use, that the GPU asked for is really there.
+
+Torch is imported only by ``resolve_device``: the settings import this module, and most stages
+(ingest, curation tasks, the CLI's help) should not pay for loading torch.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 from pydantic import AfterValidator
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DeviceSpec", "parse_device_spec", "resolve_device"]
 
@@ -39,6 +44,8 @@ def resolve_device(spec: str | torch.device = "auto", local_rank: int = 0) -> to
 
     ``local_rank`` picks the GPU a bare ``"cuda"`` means (torchrun's ``LOCAL_RANK``).
     """
+    import torch
+
     if isinstance(spec, torch.device):
         spec = str(spec)
     name = parse_device_spec(spec)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,8 @@ def finetune(
         return FinetuneResult(target, classes, len(labelled), None, [], reused=True)
     torch.manual_seed(cfg.finetune_seed)
     vgg = embed.load_vgg16(embed_cfg, storage_options).eval()
-    pool5 = _pool5_features(vgg, labelled["uri"].tolist(), embed_cfg, storage_options)
+    pool5, decoded = _pool5_features(vgg, labelled["uri"].tolist(), embed_cfg, storage_options)
+    labelled = labelled.iloc[decoded].reset_index(drop=True)  # an unreadable photo is left out
     y = torch.tensor(labelled["label"].map(classes.index).to_numpy(dtype=np.int64))
     train, held_out = _split(len(labelled), cfg.finetune_holdout, cfg.finetune_seed)
     head = nn.Linear(vgg.classifier[3].out_features, len(classes))
@@ -92,22 +94,32 @@ def _pool5_features(
     uris: list[str],
     cfg: EmbedSettings,
     storage_options: Mapping[str, Any] | None,
-) -> torch.Tensor:
-    """Frozen conv features (flattened pool5) of each photo, computed once."""
+) -> tuple[torch.Tensor, list[int]]:
+    """Frozen conv features (flattened pool5), computed once, of the photos that decode; and
+    which of ``uris`` those are. Photos are read and decoded a batch at a time, in threads."""
+
+    def load(uri: str) -> torch.Tensor | None:
+        try:
+            return embed.load_photo(storage.read_bytes(uri, storage_options), cfg.input_size)
+        except Exception:  # one unreadable photo does not stop fine-tuning
+            return None
+
     trunk = nn.Sequential(vgg.features, vgg.avgpool, nn.Flatten(1))
-    out = []
-    with torch.inference_mode():
+    out, decoded = [], []
+    with ThreadPoolExecutor(max(1, cfg.num_workers)) as pool, torch.inference_mode():
         for start in range(0, len(uris), cfg.batch_size):
-            batch = torch.stack(
-                [
-                    embed.load_photo(storage.read_bytes(uri, storage_options), cfg.input_size)
-                    for uri in uris[start : start + cfg.batch_size]
-                ]
-            )
+            pixels = list(pool.map(load, uris[start : start + cfg.batch_size]))
+            found = [start + i for i, photo in enumerate(pixels) if photo is not None]
+            if not found:
+                continue
+            batch = torch.stack([photo for photo in pixels if photo is not None])
             images = embed.to_model_input(batch, torch.device("cpu"))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 out.append(trunk(images).float())
-    return torch.cat(out)
+            decoded.extend(found)
+    if not out:
+        raise ValueError(f"none of the {len(uris)} labelled photos could be read and decoded")
+    return torch.cat(out), decoded
 
 
 def _split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ derived from scores at read time, so changing a threshold needs no recomputation
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,15 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from PIL import Image, ImageOps
+from PIL import Image
 
-from housegan import manifest, storage
+from housegan import images, manifest, storage
 from housegan.collections import PartsCollection
 from housegan.config import CurateSettings
 from housegan.manifest import Status
 
-# Bump when a score's definition changes: scores then live in a fresh folder.
-QUALITY_VERSION = "v1"
+# Bump when a score's definition or the decoder's pixels (images.DECODER_VERSION) change: scores
+# then live in a fresh folder. v2: transparency composited on white, 16-bit gray scaled.
+QUALITY_VERSION = "v2"
 QUALITY_FLAGS = (
     "dark",
     "overexposed",
@@ -72,37 +72,27 @@ def quality_scores(
     return PartsCollection(quality_uri(store_uri), "sha256", QUALITY_SCHEMA, storage_options)
 
 
-def open_image(data: bytes, max_side: int) -> Image.Image:
-    """Decode to RGB as displayed (EXIF orientation applied), no side longer than ``max_side``."""
-    image = Image.open(io.BytesIO(data))
-    image.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced scale, much cheaper
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.new("RGB", rgba.size, "white")
-        image.paste(rgba, mask=rgba.getchannel("A"))
-    image = image.convert("RGB")
-    image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    return image
-
-
 def load_image(
     uri: str, max_side: int, storage_options: Mapping[str, Any] | None = None
 ) -> Image.Image:
-    return open_image(storage.read_bytes(uri, storage_options), max_side)
+    """The photo at ``uri`` as ``images.decode_rgb`` sees it, no side longer than ``max_side``."""
+    return images.decode_rgb(storage.read_bytes(uri, storage_options), max_side)
 
 
 def score_image(image: Image.Image) -> dict[str, float]:
-    """Raw scores of one RGB image; see ``CurateSettings`` for what each threshold means."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    """Raw scores of one image (as ``images.to_rgb`` flattens it); see ``CurateSettings`` for
+    what each threshold means."""
+    image = images.to_rgb(image)
+    rgb = np.asarray(image, dtype=np.float32) / 255.0
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     brightness = np.sqrt(0.241 * red**2 + 0.691 * green**2 + 0.068 * blue**2)
-    gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    luma = image.convert("L")
+    gray = np.asarray(luma, dtype=np.float32) / 255.0
     return {
         "brightness_p99": float(np.percentile(brightness, 99)),
         "brightness_p05": float(np.percentile(brightness, 5)),
         "sharpness": _laplacian_variance(gray),
-        "entropy": float(image.convert("L").entropy()),
+        "entropy": float(luma.entropy()),
         "colorfulness": float(np.mean(rgb.max(axis=2) - rgb.min(axis=2))),
     }
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from housegan import embed, manifest, storage
 from housegan.config import EmbedSettings, Settings
+from housegan.images import DECODER_VERSION
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA, Status
 
 TINY = EmbedSettings(input_size=32, batch_size=4, num_workers=0)
@@ -91,9 +92,9 @@ def sha(data: bytes) -> str:
 # --- the model ------------------------------------------------------------------------------------
 
 
-def test_model_tag_names_weights_layer_and_size_but_not_runtime_knobs():
+def test_model_tag_names_weights_layer_size_and_decoder_but_not_runtime_knobs():
     base = embed.model_tag(EmbedSettings())
-    assert base == "vgg16-none-fc7-224"
+    assert base == f"vgg16-none-fc7-224-d{DECODER_VERSION}"
     assert embed.model_tag(EmbedSettings(batch_size=7, bf16=False, num_workers=0)) == base
     tags = {
         embed.model_tag(EmbedSettings(layer="conv5")),
@@ -146,7 +147,8 @@ def test_weights_file_loads_and_is_named_by_its_content(tmp_path: Path, suffix: 
     else:
         torch.save(state, path)
     cfg = EmbedSettings(weights=str(path), layer="conv5")
-    assert embed.model_tag(cfg) == f"vgg16-{sha(path.read_bytes())[:12]}-conv5-224"
+    weights_id = sha(path.read_bytes())[:12]
+    assert embed.model_tag(cfg) == f"vgg16-{weights_id}-conv5-224-d{DECODER_VERSION}"
     loaded = embed.build_model(cfg).state_dict()
     assert torch.equal(loaded["0.28.weight"], state["features.28.weight"])
 

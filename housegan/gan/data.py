@@ -8,13 +8,12 @@ R×R and stores, under ``<store>/datasets/<dataset_id>/``:
 - ``dataset.json``: id, size and the label vocabularies, written last (it marks completion).
 
 The dataset id is a content hash of the rows (sha256 where the manifest has it, else uri),
-their labels and R, so preparing the same rows again is a no-op.
+their labels, R and ``images.DECODER_VERSION``, so preparing the same rows again is a no-op.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import uuid
@@ -28,6 +27,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from housegan import manifest, storage
+from housegan.images import DECODER_VERSION, decode_rgb
 
 TRAIN_COLUMNS = ("uri", "city", "image_type")
 DATASETS_DIR = "datasets"
@@ -86,11 +86,12 @@ def select_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def dataset_id(rows: pd.DataFrame, image_size: int) -> str:
-    """Content hash of (sorted content key, city, image type) rows and R."""
+    """Content hash of (sorted content key, city, image type) rows, R and the decoder version."""
     keys = _content_keys(rows)
     labels = zip(rows["city"].astype(str), rows["image_type"].astype(str), strict=True)
     triples = sorted((key, *pair) for key, pair in zip(keys, labels, strict=True))
-    digest = hashlib.sha256(json.dumps([FORMAT, image_size, triples]).encode())
+    # The same rows decoded differently are another dataset.
+    digest = hashlib.sha256(json.dumps([FORMAT, DECODER_VERSION, image_size, triples]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -187,10 +188,9 @@ def load_packed(uri: str, storage_options: Mapping[str, Any] | None = None) -> P
 
 
 def load_image(data: bytes, image_size: int) -> np.ndarray:
-    """Decode, EXIF-orient, center-crop to a square and resize: uint8 [R, R, 3]."""
-    with Image.open(io.BytesIO(data)) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        square = ImageOps.fit(image, (image_size, image_size), Image.Resampling.LANCZOS)
+    """Decode (``decode_rgb``), center-crop to a square and resize: uint8 [R, R, 3]."""
+    image = decode_rgb(data)
+    square = ImageOps.fit(image, (image_size, image_size), Image.Resampling.LANCZOS)
     return np.asarray(square, dtype=np.uint8)
 
 

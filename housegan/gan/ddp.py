@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from housegan.devices import DeviceSpec, resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -31,20 +33,9 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> CUDA if present, else CPU; a bare 'cuda' picks this process's local GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
-    return resolved
-
-
-def setup(device: str) -> tuple[DistInfo, torch.device]:
-    """Join torchrun's process group if launched by it; returns who we are and our device."""
+def setup(device: DeviceSpec | torch.device) -> tuple[DistInfo, torch.device]:
+    """Join torchrun's process group if launched by it; returns who we are and our device
+    (a bare ``"cuda"`` is this process's local GPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     target = resolve_device(device, local_rank)

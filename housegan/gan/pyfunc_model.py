@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
+from housegan.devices import resolve_device
 from housegan.gan import serving
 
 WEIGHTS_ARTIFACT = "weights"
@@ -28,7 +29,8 @@ class GeneratorModel(PythonModel):
         self.loaded: serving.LoadedGenerator | None = None
 
     def load_context(self, context: PythonModelContext) -> None:
-        device = (context.model_config or {}).get("device", "cpu")
+        # Resolved here so a wrong or absent GPU fails the load, naming the configured spec.
+        device = resolve_device((context.model_config or {}).get("device", "cpu"))
         self.loaded = serving.load_generator_files(
             context.artifacts[WEIGHTS_ARTIFACT], context.artifacts[CONFIG_ARTIFACT], device
         )

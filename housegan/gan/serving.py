@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from housegan import storage
+from housegan.devices import DeviceSpec, resolve_device
 from housegan.gan.models import Generator, ModelSpec
 
 WEIGHTS_FILE = "g_ema.safetensors"
@@ -47,13 +48,6 @@ class LoadedGenerator:
     @property
     def image_size(self) -> int:
         return self.spec.image_size
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' means CUDA when present, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def save_model_dir(
@@ -90,7 +84,9 @@ def is_model_dir(model_dir: str | Path) -> bool:
     return all(Path(model_dir, name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE))
 
 
-def load_generator(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
+def load_generator(
+    model_dir: str | Path, device: DeviceSpec | torch.device = "cpu"
+) -> LoadedGenerator:
     """Load the generator of a model folder (``g_ema.safetensors`` + ``model.json``)."""
     if str(model_dir).startswith("file://"):
         model_dir = storage.local_path(str(model_dir))
@@ -100,11 +96,11 @@ def load_generator(model_dir: str | Path, device: str | torch.device = "cpu") ->
 
 
 def load_generator_files(
-    weights_path: str | Path, config_path: str | Path, device: str | torch.device = "cpu"
+    weights_path: str | Path, config_path: str | Path, device: DeviceSpec | torch.device = "cpu"
 ) -> LoadedGenerator:
     """Build the generator from its JSON config and fill it from safetensors weights."""
+    target = resolve_device(device)  # first: a wrong device fails before any file is read
     spec, vocab = read_model_config(config_path)
-    target = resolve_device(device)
     generator = Generator(spec)
     generator.load_state_dict(load_file(str(weights_path)))
     generator.to(target).eval().requires_grad_(False)
