@@ -1,7 +1,8 @@
 """VGG16 embeddings, content-addressed by sha256 under a model tag.
 
-A model tag (``vgg16-<weights>-<layer>-<input size>``) names exactly one feature extractor, so
-vectors of different backbones never mix and a photo's vector is computed once per tag, however
+A model tag (``vgg16-<weights>-<layer>-<input size>-d<decoder>``) names exactly one feature
+extractor and one decoding of its input, so vectors of different backbones or decoders never mix
+and a photo's vector is computed once per tag, however
 often it is renamed, re-uploaded or duplicated. Each tag is a parts collection keyed by sha256
 (``housegan.collections.PartsCollection``); store layout, per tag:
 
@@ -31,14 +32,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from PIL import Image, ImageOps
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from housegan import manifest, storage
+from housegan import images, manifest, storage
 from housegan.collections import Index, PartsCollection
 from housegan.config import EmbedSettings
+from housegan.devices import DeviceSpec, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -144,19 +145,16 @@ def _weights_id(cfg: EmbedSettings, storage_options: Mapping[str, Any] | None) -
 
 
 def model_tag(cfg: EmbedSettings, storage_options: Mapping[str, Any] | None = None) -> str:
-    """The name of the feature extractor ``cfg`` describes, e.g. ``vgg16-none-fc7-224``.
+    """The name of the feature extractor ``cfg`` describes, e.g. ``vgg16-none-fc7-224-d2``.
 
-    A weights file is named by its content (sha256[:12]), random init by its seed. Precision,
-    batch size and device are not part of it: bf16 vectors match fp32 to cosine >= 0.999.
+    A weights file is named by its content (sha256[:12]), random init by its seed; ``d<N>`` is
+    ``images.DECODER_VERSION``, so vectors of photos decoded differently are computed afresh.
+    Precision, batch size and device are not part of it: bf16 vectors match fp32 to cosine
+    >= 0.999.
     """
     _check_layer(cfg.layer)
-    return f"vgg16-{_weights_id(cfg, storage_options)}-{cfg.layer}-{cfg.input_size}"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    weights = _weights_id(cfg, storage_options)
+    return f"vgg16-{weights}-{cfg.layer}-{cfg.input_size}-d{images.DECODER_VERSION}"
 
 
 def _read_state_dict(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -208,7 +206,7 @@ def load_vgg16(cfg: EmbedSettings, storage_options: Mapping[str, Any] | None = N
 
 def build_model(
     cfg: EmbedSettings,
-    device: str = "cpu",
+    device: DeviceSpec | torch.device = "cpu",
     storage_options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """VGG16 as a feature extractor: fc7 (last prediction layer removed) or pooled conv5."""
@@ -241,10 +239,9 @@ def _model_for(
 
 
 def load_photo(data: bytes, input_size: int) -> torch.Tensor:
-    """Decode a photo to a uint8 [3, S, S] tensor: EXIF-transposed, RGB, resized, centre-cropped."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (input_size, input_size))  # JPEG: decode at a reduced scale, cheaply
-        upright = ImageOps.exif_transpose(image).convert("RGB")
+    """Decode a photo (``images.decode_rgb``) to a uint8 [3, S, S] tensor: shorter side resized
+    to S, centre-cropped."""
+    upright = images.decode_rgb(data, draft_side=input_size)
     resized = TF.resize(upright, input_size, antialias=True)  # shorter side
     return TF.pil_to_tensor(TF.center_crop(resized, [input_size, input_size]))
 
@@ -415,7 +412,7 @@ def embed_shard(
     store_uri: str,
     cfg: EmbedSettings,
     storage_options: Mapping[str, Any] | None = None,
-    device: str = "cpu",
+    device: DeviceSpec | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> str:
     """Embed one shard and write it as one immutable Parquet part (unpublished); its URI.
@@ -518,7 +515,7 @@ def embed_manifest(
     store_uri: str,
     cfg: EmbedSettings,
     storage_options: Mapping[str, Any] | None = None,
-    device: str = "cpu",
+    device: DeviceSpec | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> EmbedResult:
     """Plan, embed every shard, publish: the whole stage in one process."""
