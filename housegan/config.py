@@ -26,6 +26,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from housegan.devices import DeviceSpec
+
 CONFIG_ENV_VAR = "HOUSEGAN_CONFIG"
 DEFAULT_CONFIG_FILE = "housegan.yaml"
 ImageType = Literal["exterior", "landscape", "floorplan", "interior", "misc"]
@@ -102,7 +104,7 @@ class EmbedSettings(BaseModel):
             )
         return value
 
-    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
+    device: DeviceSpec = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
     shard_size: int = Field(256, ge=1, description="photos per Parquet part / mapped task")
     dask_workers: int = Field(0, ge=0, description="map shards on a local Dask cluster if > 0")
 
@@ -214,7 +216,7 @@ class GanSettings(BaseModel):
         0.05, description="early on, half-life <= this fraction of images shown so far"
     )
     # device and speed
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    device: DeviceSpec = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     precision: Precision = Field(
         "auto", description="'auto' (bf16 on CUDA, fp32 on CPU), 'bf16', 'fp16' or 'fp32'"
     )

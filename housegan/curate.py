@@ -16,7 +16,6 @@ runs the whole stage in one process (the CLI).
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -686,10 +685,10 @@ def log_curation(
     matrix, cluster and dropped-photo galleries, the curated training set as the run input."""
     from PIL import Image
 
-    from housegan import tracking
+    from housegan import images, tracking
 
     def image(uri: str) -> Image.Image:
-        return Image.open(io.BytesIO(storage.read_bytes(uri, storage_options)))
+        return images.decode_rgb(storage.read_bytes(uri, storage_options))
 
     with tracking.start_run(
         settings.mlflow_tracking_uri,
