@@ -70,7 +70,7 @@ def test_cluster_mapping_names_types_and_leaves_others_unknown():
 
 
 def test_cluster_mapping_to_unknown_type_is_rejected():
-    with pytest.raises(ValueError, match="unknown types"):
+    with pytest.raises(ValueError, match="exterior"):
         ClusterSettings(cluster_to_type={0: "castle"})
 
 
