@@ -272,6 +272,7 @@ class StackSettings(BaseModel):
     s3_port: int = 8333
     mlflow_port: int = Field(5000, description="0 leaves MLflow out of the stack")
     prefect_port: int = Field(4200, description="0 leaves Prefect out of the stack")
+    app_port: int = Field(8501, ge=0, description="0 leaves the Streamlit app out of the stack")
     buckets: tuple[str, ...] = ("listings", "housegan")
     access_key: str | None = Field(None, description="local S3 key; generated on first `up`")
     secret_key: SecretStr | None = Field(
@@ -279,6 +280,37 @@ class StackSettings(BaseModel):
     )
     startup_timeout_s: float = 30.0
     mlflow_artifacts_uri: str = "s3://housegan/mlflow-artifacts"
+
+
+Resampling = Literal["nearest", "bilinear", "lanczos"]
+
+
+class AppSettings(BaseModel):
+    """The Streamlit app (`housegan app`, or part of `housegan stack up`)."""
+
+    model_uri: str = Field(
+        "models:/housegan-cgan@champion", description="the model shown: models:/... or a folder"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8501, ge=1, description="`housegan app`; the stack uses stack.app_port")
+    device: str = Field(
+        "cpu",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="a seed gives byte-identical images on one device",
+    )
+    display_size: int = Field(256, ge=16, description="generated images are upscaled to this")
+    resampling: Resampling = Field("nearest", description="upscaling filter shown by default")
+    max_images: int = Field(16, ge=1, description="most images one request may draw")
+    nearest_real: bool = Field(True, description="show each image's nearest training photo")
+    label_queue: int = Field(200, ge=1, description="photos to label drawn per page view")
+    labeller: str = Field("app", description="recorded with every label the app writes")
+    runs_shown: int = Field(20, ge=1, description="latest MLflow runs on the Runs page")
+    mlflow_ui_url: str | None = Field(None, description="default: the tracking server / stack")
+    prefect_ui_url: str | None = Field(None, description="default: PREFECT_API_URL / stack")
+    reachable_timeout_s: float = Field(
+        3.0, gt=0, description="a tracking server silent this long is reported unreachable"
+    )
+    startup_timeout_s: float = Field(60.0, gt=0, description="stack: wait this long for health")
 
 
 class Settings(BaseSettings):
@@ -312,6 +344,7 @@ class Settings(BaseSettings):
     curate: CurateSettings = CurateSettings()
     gan: GanSettings = GanSettings()
     stack: StackSettings = StackSettings()
+    app: AppSettings = AppSettings()
 
     @field_validator("key_pattern")
     @classmethod

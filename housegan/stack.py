@@ -170,16 +170,22 @@ def start_seaweed(
 
 
 def _spawn(
-    args: list[str], *, workdir: Path, log_path: Path, env: dict[str, str] | None = None
+    args: list[str],
+    *,
+    workdir: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen:
-    """A detached server: its own session (it outlives `housegan stack up`; stopped by PID)."""
+    """A detached server: its own session (it outlives `housegan stack up`; stopped by PID).
+    It runs in ``workdir`` unless ``cwd`` says otherwise."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             args,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            cwd=workdir,
+            cwd=cwd or workdir,
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
@@ -194,11 +200,12 @@ def start_process(
     health_url: str,
     env: dict[str, str] | None = None,
     timeout_s: float = 60.0,
+    cwd: Path | None = None,
 ) -> Service:
     """Start a server detached (own session, logs to ``<workdir>/<name>.log``), wait for health."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
-    process = _spawn(args, workdir=workdir, log_path=log_path, env=env)
+    process = _spawn(args, workdir=workdir, log_path=log_path, env=env, cwd=cwd)
     service = Service(name, process.pid, endpoint, str(log_path))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -278,6 +285,35 @@ def start_prefect(workdir: Path, *, host: str, port: int, timeout_s: float = 90.
     )
 
 
+def start_app(
+    workdir: Path,
+    *,
+    host: str,
+    port: int,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 60.0,
+) -> Service:
+    """The Streamlit app, headless on ``host:port``. It runs in ``cwd`` (default: here), so the
+    settings it reads (``housegan.yaml``, ``HOUSEGAN_CONFIG``, relative store paths) are the
+    ones of whoever started it."""
+    from housegan.app import streamlit_args
+
+    if port_open(host, port):
+        raise StackError(f"port {host}:{port} is already in use; choose another app port")
+    endpoint = f"http://{host}:{port}"
+    return start_process(
+        "app",
+        streamlit_args(host, port),
+        workdir=workdir.resolve(),
+        endpoint=endpoint,
+        health_url=f"{endpoint}/_stcore/health",
+        env=env,
+        timeout_s=timeout_s,
+        cwd=(cwd or Path.cwd()).resolve(),
+    )
+
+
 def _wait_for_s3(service: Service, host: str, port: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -345,8 +381,10 @@ def up(
     mlflow_port: int | None = None,
     mlflow_artifacts_uri: str | None = None,
     prefect_port: int | None = None,
+    app_port: int | None = None,
+    app_timeout_s: float = 60.0,
 ) -> dict[str, Service]:
-    """Start what is not running yet (S3, then MLflow and Prefect when given a port)."""
+    """Start what is not running yet (S3, then MLflow, Prefect and the app when given a port)."""
     services = {n: s for n, s in read_state(stack_dir).items() if s.alive()}
     if "s3" not in services:
         services["s3"] = start_seaweed(
@@ -372,6 +410,16 @@ def up(
     if prefect_port and "prefect" not in services:
         services["prefect"] = start_prefect(
             stack_dir / "prefect", host=host, port=prefect_port, timeout_s=max(timeout_s, 90.0)
+        )
+        write_state(stack_dir, services)
+    if app_port and "app" not in services:
+        # Started last: it talks to the stack's S3 and MLflow.
+        services["app"] = start_app(
+            stack_dir / "app",
+            host=host,
+            port=app_port,
+            env=stack_env(services, access_key, secret_key),
+            timeout_s=app_timeout_s,
         )
     write_state(stack_dir, services)
     return services

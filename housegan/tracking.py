@@ -410,3 +410,161 @@ def _generator_requirements() -> list[str]:
 
     names = ("mlflow", "torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "fsspec")
     return [f"{name}=={version(name)}" for name in names]
+
+
+# ------------------------------------------------------------------ reading back: registry, runs
+# What the app shows: a registered version with its training run and evaluation, recent runs.
+
+EVALUATION_RUN_TAG = "evaluation_run_id"  # on a model version: the run that evaluated it
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registry model URI's parts: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+
+def parse_registry_uri(model_uri: str) -> ModelRef | None:
+    """The parts of a registry URI; None for anything else (a folder, ``runs:/``, ...)."""
+    match = _REGISTRY_URI.match(model_uri.strip())
+    if match is None:
+        return None
+    return ModelRef(match["name"], match["alias"], match["version"])
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """A registered model version, the run that trained it and its newest evaluation."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str | None
+    experiment_id: str | None
+    dataset_id: str | None
+    metrics: dict[str, float]  # the training run's (latest value of each)
+    evaluation: dict[str, float]  # the evaluation run's; empty when none was logged
+    evaluation_run_id: str | None
+    created_at: int | None  # ms since the epoch
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def describe_version(
+    name: str,
+    *,
+    version: str | None = None,
+    alias: str | None = None,
+    tracking_uri: str | None = None,
+) -> VersionSummary:
+    """The version ``alias`` points at (or ``version``); raises MlflowException when absent."""
+    client = MlflowClient(tracking_uri)
+    if alias is not None:
+        model_version = client.get_model_version_by_alias(name, alias)
+    else:
+        model_version = client.get_model_version(name, str(version))
+    run = client.get_run(model_version.run_id) if model_version.run_id else None
+    evaluation = _evaluation_run(client, run, model_version.tags or {})
+    return VersionSummary(
+        name=name,
+        version=str(model_version.version),
+        aliases=tuple(model_version.aliases or ()),
+        run_id=model_version.run_id,
+        experiment_id=run.info.experiment_id if run else None,
+        dataset_id=run.data.tags.get("dataset_id") if run else None,
+        metrics=dict(run.data.metrics) if run else {},
+        evaluation=dict(evaluation.data.metrics) if evaluation else {},
+        evaluation_run_id=evaluation.info.run_id if evaluation else None,
+        created_at=model_version.creation_timestamp,
+    )
+
+
+def _evaluation_run(client: MlflowClient, run: Any, version_tags: Mapping[str, str]) -> Any:
+    """The run that evaluated a model: named by the version's tag, else the newest run nested
+    under its training run that logged metrics."""
+    if version_tags.get(EVALUATION_RUN_TAG):
+        return client.get_run(version_tags[EVALUATION_RUN_TAG])
+    if run is None:
+        return None
+    children = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
+    return next((child for child in children if child.data.metrics), None)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    name: str
+    stage: str | None  # the housegan.stage / stage tag: curate, train, evaluate, ...
+    status: str
+    start_time: int | None  # ms since the epoch
+    end_time: int | None
+    experiment_id: str
+    parent_run_id: str | None
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def recent_runs(experiment: str, limit: int, tracking_uri: str | None = None) -> list[RunSummary]:
+    """The newest runs of ``experiment`` (none if it does not exist yet)."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit
+    )
+    return [_run_summary(run) for run in runs]
+
+
+def run_summary(run_id: str, tracking_uri: str | None = None) -> RunSummary:
+    return _run_summary(MlflowClient(tracking_uri).get_run(run_id))
+
+
+def _run_summary(run: Any) -> RunSummary:
+    tags = dict(run.data.tags)
+    return RunSummary(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id[:8],
+        stage=tags.get("housegan.stage") or tags.get("stage"),
+        status=run.info.status,
+        start_time=run.info.start_time,
+        end_time=run.info.end_time,
+        experiment_id=run.info.experiment_id,
+        parent_run_id=tags.get("mlflow.parentRunId"),
+        metrics=dict(run.data.metrics),
+        tags=tags,
+    )
+
+
+def load_run_table(
+    run_id: str, artifact_file: str, tracking_uri: str | None = None
+) -> pd.DataFrame:
+    """A table a run logged with ``log_table`` (e.g. a curate run's ``funnel.json``)."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.load_table(artifact_file, run_ids=[run_id])
+
+
+def server_reachable(tracking_uri: str, timeout_s: float) -> bool:
+    """Whether a tracking server answers its health check (always True for SQLite, files):
+    MLflow's client retries a dead server for minutes before giving up."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s):
+            return True
+    except OSError:
+        return False

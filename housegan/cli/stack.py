@@ -10,7 +10,7 @@ from housegan.config import get_settings
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "stack", help="start/stop the local servers: S3 (SeaweedFS), MLflow, Prefect"
+        "stack", help="start/stop the local servers: S3 (SeaweedFS), MLflow, Prefect, the app"
     )
     parser.add_argument("action", choices=("up", "down", "status", "env"))
     parser.set_defaults(handler=run)
@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
             mlflow_port=settings.mlflow_port,
             mlflow_artifacts_uri=settings.mlflow_artifacts_uri,
             prefect_port=settings.prefect_port,
+            app_port=settings.app_port,
+            app_timeout_s=get_settings().app.startup_timeout_s,
         )
         for name, service in services.items():
             print(f"{name:8s} {service.endpoint}  (pid {service.pid}, log {service.log})")
