@@ -179,9 +179,9 @@ class PartsCollection:
 
     def append(self, table: pa.Table) -> str:
         """Write ``table`` as a new immutable part, not yet published; returns its URI."""
-        if self.schema is not None and table.schema.names != self.schema.names:
+        if self.schema is not None and not table.schema.equals(self.schema):
             raise ValueError(
-                f"a part of {self.uri} has columns {self.schema.names}; got {table.schema.names}"
+                f"a part of {self.uri} has the schema {self.schema}; got {table.schema}"
             )
         name = posixpath.join(PARTS_FOLDER, storage.new_version_name(".parquet"))
         return storage.write_parquet(table, self.part_uri(name), self.storage_options)
@@ -199,7 +199,7 @@ class PartsCollection:
             published = {part.name for part in (self.index() or Index(())).parts}
             if all(part.name in published for part in new):
                 return uri
-            log.warning("a concurrent publisher replaced the index of %s: again", self.uri)
+            log.warning("%s: a concurrent publisher replaced our index; publishing again", self.uri)
         raise PublishConflict(f"{self.uri}: lost {PUBLISH_ATTEMPTS} publishing races in a row")
 
     def publish_new(
