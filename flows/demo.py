@@ -15,6 +15,7 @@ from prefect import flow
 
 from flows.refresh import full_refresh
 from housegan.config import get_settings
+from housegan.steps import to_json
 from tasks.synth import seed_labels_task, synthesize_task
 
 
@@ -49,13 +50,15 @@ def print_summary(result: dict[str, Any]) -> None:
     print("           " + ", ".join(f"{k}={v}" for k, v in sorted(ingest["counts"].items())))
     print(f"           new {ingest['new']}, downloaded {ingest['downloaded']}")
     print(f"labels     {result['labels']['rows']} imported -> {result['labels']['labels_uri']}")
-    print(f"curated    {curate['manifest_uri']}")
-    print(f"           embedded {curate['embedded']}, reused {curate['embeddings_reused']}")
-    for stage, count in curate["funnel"].items():
+    print(f"curated    {curate.curated_uri}")
+    print(f"           embedded {curate.embed.computed}, reused {curate.embed.reused}")
+    for stage, count in curate.filter.funnel.items():
         print(f"           {stage:<20} {count}")
-    accuracy = curate.get("type_accuracy_cv")
-    if accuracy is not None:
-        print(f"           image-type classifier, cross-validated accuracy {accuracy:.3f}")
+    if curate.type_accuracy is not None:
+        print(
+            "           image-type classifier, cross-validated accuracy "
+            f"{curate.type_accuracy:.3f}"
+        )
     if train:
         print(f"model      {train['model_uri']}  ({train['kimg']:.1f} kimg, {train['step']} steps)")
         print(f"samples    {train['samples_uri']}")
@@ -93,7 +96,7 @@ def main() -> None:
     )
     print_summary(result)
     if args.json:
-        print(json.dumps(result, default=str))
+        print(json.dumps(to_json(result)))
 
 
 if __name__ == "__main__":

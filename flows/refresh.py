@@ -16,6 +16,7 @@ from flows.curate import curate_flow
 from flows.ingest import ingest_flow
 from flows.train import train_flow
 from housegan.config import get_settings
+from housegan.steps import to_json
 
 
 @flow(name="full-refresh")
@@ -33,7 +34,7 @@ def full_refresh(
     ingested = ingest_flow(source_uri or settings.source_uri, store)
     curated = curate_flow(ingested["manifest_uri"], store, labels_uri)
     trained = (
-        train_flow(curated["manifest_uri"], store, kimg=kimg, max_minutes=max_minutes)
+        train_flow(curated.curated_uri, store, kimg=kimg, max_minutes=max_minutes)
         if train
         else None
     )
@@ -41,4 +42,4 @@ def full_refresh(
 
 
 if __name__ == "__main__":
-    print(json.dumps(full_refresh(), indent=2, default=str))
+    print(json.dumps(to_json(full_refresh()), indent=2))

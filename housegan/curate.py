@@ -8,17 +8,17 @@ Per (city, image type) every object passes, or is dropped at, these stages in or
 ``drop_reason`` names the first stage a row failed. The curated manifest is the image manifest
 plus every score behind those decisions, written as a new version of ``manifests/curated``.
 
-The stage functions here take and return URIs so each can run as its own task:
-``filter_manifest`` (needs the cluster and type runs and the quality scores) writes a staged
-run under ``<store>/curate/``; ``publish`` makes it the latest curated manifest; ``curate``
-runs the whole stage in one process (the CLI).
+The functions here take and return URIs so each can run as its own step
+(``housegan.steps.curate``, which also runs the whole stage in order): ``filter_manifest``
+(needs the cluster and type runs and the quality scores) writes a staged run under
+``<store>/curate/``; ``publish`` makes it the latest curated manifest.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,8 +28,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.neighbors import NearestNeighbors
 
-from housegan import cluster, labels, manifest, quality, storage
-from housegan.config import ClusterSettings, CurateSettings, EmbedSettings, Settings
+from housegan import cluster, manifest, quality, storage
+from housegan.config import CurateSettings
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA, Status
 
 CURATED_COLLECTION = "manifests/curated"
@@ -437,320 +437,10 @@ def read_funnel(run_uri: str, storage_options: Mapping[str, Any] | None = None) 
     return manifest.read(storage.join(run_uri, "funnel.parquet"), storage_options)
 
 
-# --- the whole stage --------------------------------------------------------------------------
+# --- reading ----------------------------------------------------------------------------------
 
 
 def read_images(
     manifest_uri: str, storage_options: Mapping[str, Any] | None = None
 ) -> pd.DataFrame:
     return manifest.read(manifest.resolve(manifest_uri, storage_options), storage_options)
-
-
-def cluster_step(
-    manifest_uri: str,
-    store_uri: str,
-    tag: str,
-    cfg: ClusterSettings,
-    storage_options: Mapping[str, Any] | None = None,
-) -> cluster.ClusterResult:
-    """Cluster the embedded photos of a manifest (one row per content)."""
-    from housegan import embed  # torch: only when this step runs
-
-    photos = quality.scorable_rows(read_images(manifest_uri, storage_options))
-    # float16 as stored: 200k x 4096 is 1.6 GB; the projection converts chunk by chunk.
-    sha256s, vectors = embed.load_embeddings(
-        store_uri, tag, photos["sha256"], storage_options, dtype=np.float16
-    )
-    if len(sha256s) <= cfg.k:
-        raise ValueError(
-            f"{len(sha256s)} embedded photos under {tag}: clustering into k={cfg.k} needs more"
-        )
-    uri_of = dict(zip(photos["sha256"], photos["uri"], strict=True))
-
-    def thumbnail(uri: str) -> Any:
-        return quality.load_image(uri, cfg.thumb_size, storage_options)
-
-    return cluster.cluster_embeddings(
-        sha256s, vectors, uri_of, store_uri, cfg, thumbnail, storage_options
-    )
-
-
-@dataclass(frozen=True)
-class TypesResult:
-    uri: str
-    labels_used: int
-    classifier: dict[str, Any] | None  # labels.ClassifierReport.as_dict()
-    type_counts: dict[str, int]
-
-
-def types_step(
-    manifest_uri: str,
-    clusters_uri: str,
-    store_uri: str,
-    labels_uri: str | None,
-    cluster_cfg: ClusterSettings,
-    cfg: CurateSettings,
-    storage_options: Mapping[str, Any] | None = None,
-) -> TypesResult:
-    """Give every embedded photo an image type: labels, classifier, cluster mapping, unknown."""
-    images = read_images(manifest_uri, storage_options)
-    cluster_frame, pca = cluster.read_clusters(clusters_uri, storage_options)
-    label_table = labels.read_labels(labels_uri or labels.labels_uri(store_uri), storage_options)
-    labelled = labels.labels_by_content(label_table, images)
-    labelled = labelled[labelled.index.isin(cluster_frame["sha256"])]
-    types, report = labels.assign_types(
-        cluster_frame["sha256"].to_numpy(),
-        pca,
-        cluster_frame["cluster"].to_numpy(),
-        labelled,
-        cluster_cfg,
-        cfg,
-    )
-    uri = labels.write_types(types, report, store_uri, storage_options)
-    counts = {str(k): int(v) for k, v in types["image_type"].value_counts().items()}
-    return TypesResult(uri, len(labelled), report.as_dict() if report else None, counts)
-
-
-def labelled_photos(
-    manifest_uri: str,
-    store_uri: str,
-    labels_uri: str | None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> pd.DataFrame:
-    """``uri, sha256, label`` of the manifest's usable photos that carry a label."""
-    photos = quality.scorable_rows(read_images(manifest_uri, storage_options))
-    table = labels.read_labels(labels_uri or labels.labels_uri(store_uri), storage_options)
-    latest = labels.labels_by_content(table, photos)
-    chosen = photos[photos["sha256"].isin(latest.index)]
-    return chosen.assign(label=chosen["sha256"].map(latest))[["uri", "sha256", "label"]]
-
-
-def finetune_step(
-    manifest_uri: str,
-    store_uri: str,
-    labels_uri: str | None,
-    settings: Settings,
-    storage_options: Mapping[str, Any] | None = None,
-) -> Any:
-    """Fine-tuned VGG16 weights for the labels (``finetune.FinetuneResult``), or None when
-    fine-tuning is off or the labels name fewer than two types."""
-    if not settings.curate.finetune:
-        return None
-    from housegan import finetune  # torch: only when asked for
-
-    labelled = labelled_photos(manifest_uri, store_uri, labels_uri, storage_options)
-    if labelled["label"].nunique() < 2:
-        return None
-    return finetune.finetune(labelled, store_uri, settings.embed, settings.curate, storage_options)
-
-
-def embedder_settings(settings: Settings, tuned: Any) -> EmbedSettings:
-    """The embed settings to use: the configured ones, with fine-tuned weights if any."""
-    if tuned is None:
-        return settings.embed
-    return settings.embed.model_copy(update={"weights": tuned.weights_uri})
-
-
-@dataclass(frozen=True)
-class CurateResult:
-    curated_uri: str
-    manifest_uri: str
-    embed: dict[str, Any]  # tag, computed, reused, failed
-    quality: dict[str, int]  # computed, reused
-    clusters: cluster.ClusterResult
-    types: TypesResult
-    filter: FilterResult
-    mlflow_run_id: str | None = None
-    finetune: dict[str, Any] | None = None  # finetune.FinetuneResult, when fine-tuned
-
-    def summary(self) -> dict[str, Any]:
-        """What the CLI prints: the curated manifest, the funnel and what was recomputed."""
-        return {
-            "curated_manifest_uri": self.curated_uri,
-            "manifest_uri": self.manifest_uri,
-            "funnel": self.filter.funnel,
-            "drop_counts": self.filter.drop_counts,
-            "embedded": self.embed["computed"],
-            "embeddings_reused": self.embed["reused"],
-            "quality_scored": self.quality["computed"],
-            "near_duplicate_cosine": self.filter.near_duplicate_cosine,
-            "type_accuracy_cv": (self.types.classifier or {}).get("cv_accuracy"),
-            "mlflow_run_id": self.mlflow_run_id,
-        }
-
-
-def curate(
-    manifest_uri: str,
-    store_uri: str,
-    settings: Settings,
-    labels_uri: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    progress: bool = False,
-    track: bool = True,
-) -> CurateResult:
-    """The whole curation stage in one process: embed, quality, cluster, types, filter,
-    publish, and (``track``) an MLflow run with the funnel, galleries and the dataset."""
-    from tqdm import tqdm
-
-    from housegan import embed
-
-    manifest_uri = manifest.resolve(manifest_uri, storage_options)
-    tuned = finetune_step(manifest_uri, store_uri, labels_uri, settings, storage_options)
-    embed_cfg = embedder_settings(settings, tuned)
-    with tqdm(desc="embed", unit="photo", disable=not progress) as bar:
-        embedded = embed.embed_manifest(
-            manifest_uri, store_uri, embed_cfg, storage_options, embed_cfg.device, bar.update
-        )
-    with tqdm(desc="quality", unit="photo", disable=not progress) as bar:
-        scored = quality.compute_quality(
-            manifest_uri, store_uri, settings.curate, storage_options, _tqdm_progress(bar)
-        )
-    clusters = cluster_step(
-        manifest_uri, store_uri, embedded.tag, settings.cluster, storage_options
-    )
-    types = types_step(
-        manifest_uri,
-        clusters.uri,
-        store_uri,
-        labels_uri,
-        settings.cluster,
-        settings.curate,
-        storage_options,
-    )
-    filtered = filter_manifest(
-        manifest_uri,
-        clusters.uri,
-        types.uri,
-        store_uri,
-        settings.curate,
-        storage_options,
-        settings.cluster.thumb_size,
-    )
-    curated_uri = publish(
-        filtered.uri,
-        store_uri,
-        publish_metadata(manifest_uri, embedded.tag, filtered),
-        storage_options,
-    )
-    result = CurateResult(
-        curated_uri=curated_uri,
-        manifest_uri=manifest_uri,
-        embed={
-            "tag": embedded.tag,
-            "computed": embedded.computed,
-            "reused": embedded.reused,
-            "failed": len(embedded.failed),
-        },
-        quality={"computed": scored.computed, "reused": scored.reused},
-        clusters=clusters,
-        types=types,
-        filter=filtered,
-        finetune=asdict(tuned) if tuned else None,
-    )
-    if track:
-        run_id = log_curation(result, settings, labels_uri, storage_options)
-        result = replace(result, mlflow_run_id=run_id)
-    return result
-
-
-def _tqdm_progress(bar: Any) -> Callable[[int, int], None]:
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return update
-
-
-def publish_metadata(manifest_uri: str, tag: str, filtered: FilterResult) -> dict[str, Any]:
-    return {
-        "source_manifest": manifest_uri,
-        "model_tag": tag,
-        "funnel": filtered.funnel,
-        "near_duplicate_cosine": filtered.near_duplicate_cosine,
-        "near_duplicate_calibrated": filtered.near_duplicate_calibrated,
-    }
-
-
-# --- tracking ---------------------------------------------------------------------------------
-
-
-def log_curation(
-    result: CurateResult,
-    settings: Settings,
-    labels_uri: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> str:
-    """One MLflow run: params, funnel metrics and table, classifier accuracy and confusion
-    matrix, cluster and dropped-photo galleries, the curated training set as the run input."""
-    from PIL import Image
-
-    from housegan import images, tracking
-
-    def image(uri: str) -> Image.Image:
-        return images.decode_rgb(storage.read_bytes(uri, storage_options))
-
-    with tracking.start_run(
-        settings.mlflow_tracking_uri,
-        settings.mlflow_experiment,
-        run_name="curate",
-        tags={"housegan.stage": "curate"},
-    ) as run:
-        tracking.log_params(
-            {
-                "manifest_uri": result.manifest_uri,
-                "curated_uri": result.curated_uri,
-                "labels_uri": labels_uri,
-                "model_tag": result.embed["tag"],
-                "embed": settings.embed.model_dump(),
-                "cluster": settings.cluster.model_dump(),
-                "curate": settings.curate.model_dump(),
-            }
-        )
-        tracking.log_metrics(_metrics(result))
-        tracking.log_table(read_funnel(result.filter.run_uri, storage_options), "funnel.json")
-        report = result.types.classifier
-        if report and report.get("confusion"):
-            confusion = pd.DataFrame.from_dict(report["confusion"], orient="index")
-            tracking.log_table(confusion.rename_axis("true").reset_index(), "confusion_matrix.json")
-        tracking.log_dict(
-            {
-                "classifier": report,
-                "clusters": asdict(result.clusters),
-                "filter": result.filter.as_dict(),
-            },
-            "curation_summary.json",
-        )
-        for number, uri in result.clusters.galleries.items():
-            tracking.log_image(image(uri), f"galleries/cluster-{number}.png")
-        for reason, uri in result.filter.galleries.items():
-            tracking.log_image(image(uri), f"galleries/dropped-{reason}.png")
-        curated = manifest.read(result.curated_uri, storage_options)
-        kept = curated.loc[
-            curated["keep"], ["key", "sha256", "uri", "city", "image_type", "width", "height"]
-        ]
-        tracking.log_dataset_input(
-            kept.reset_index(drop=True),
-            name="curated",
-            source=result.curated_uri,
-            context="curation",
-        )
-        return run.info.run_id
-
-
-def _metrics(result: CurateResult) -> dict[str, float | None]:
-    metrics: dict[str, float | None] = {f"funnel.{k}": v for k, v in result.filter.funnel.items()}
-    metrics |= {f"dropped.{k}": v for k, v in result.filter.drop_counts.items()}
-    metrics |= {f"silhouette.k{k}": v for k, v in result.clusters.silhouette.items()}
-    thresholds = result.filter.near_duplicate_cosine.items()
-    metrics |= {f"near_duplicate_cosine.{group}": v for group, v in thresholds}
-    metrics |= {
-        "embed.computed": result.embed["computed"],
-        "embed.reused": result.embed["reused"],
-        "quality.computed": result.quality["computed"],
-        "near_duplicate_groups": result.filter.near_duplicate_groups,
-        "labels_used": result.types.labels_used,
-        "type_accuracy_cv": (result.types.classifier or {}).get("cv_accuracy"),
-        "finetune_holdout_accuracy": (result.finetune or {}).get("holdout_accuracy"),
-    }
-    return metrics

@@ -79,7 +79,7 @@ def embedding_schema(dim: int) -> pa.Schema:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Shard:
     """Photos embedded together and written as one part: one URI per distinct sha256."""
 
@@ -97,7 +97,7 @@ class Shard:
         return cls(list(data["uris"]), list(data["sha256s"]))
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbedPlan:
     tag: str
     todo: list[Shard]
@@ -105,7 +105,7 @@ class EmbedPlan:
     total: int  # distinct photos (by sha256) with status ok in the manifest
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbedResult:
     tag: str
     uri: str  # the published index version

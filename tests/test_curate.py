@@ -18,6 +18,7 @@ from housegan import curate, ingest, labels, manifest, quality, storage, synth
 from housegan.cli import main
 from housegan.config import CurateSettings, Settings, get_settings
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA
+from housegan.steps.curate import CurateInput, CurateResult, run_curate
 
 
 def manifest_frame(rows: list[dict]) -> pd.DataFrame:
@@ -289,15 +290,12 @@ class World:
         )
         return result.manifest_uri
 
-    def curate(self, manifest_uri: str | None = None, track: bool = False) -> curate.CurateResult:
-        return curate.curate(
-            manifest_uri or self.manifest_uri,
-            self.store,
-            self.settings,
-            labels_uri=self.labels_uri,
-            storage_options=self.settings.storage_options(),
-            track=track,
+    def curate(self, manifest_uri: str | None = None, track: bool = False) -> CurateResult:
+        options = self.settings.storage_options()
+        source = CurateInput.resolve(
+            manifest_uri or self.manifest_uri, self.store, self.labels_uri, options
         )
+        return run_curate(source, self.settings, storage_options=options, track=track)
 
     def kind_of(self, keys: pd.Series) -> pd.Series:
         return keys.map(self.truth.set_index("key")["kind"])
@@ -350,11 +348,11 @@ def world(s3_server, tmp_path_factory) -> World:
 
 
 @pytest.fixture(scope="module")
-def first_run(world: World) -> curate.CurateResult:
+def first_run(world: World) -> CurateResult:
     return world.curate(track=True)
 
 
-def curated_frame(result: curate.CurateResult) -> pd.DataFrame:
+def curated_frame(result: CurateResult) -> pd.DataFrame:
     return manifest.read(result.curated_uri)
 
 
@@ -433,8 +431,8 @@ def test_curate_logs_funnel_galleries_classifier_and_dataset_to_mlflow(world, fi
 @pytest.mark.integration
 def test_curating_an_unchanged_manifest_embeds_and_scores_nothing(world, first_run):
     again = world.curate()
-    assert again.embed["computed"] == 0 and again.quality["computed"] == 0
-    assert again.embed["reused"] == first_run.embed["computed"] + first_run.embed["reused"]
+    assert again.embed.computed == 0 and again.quality.computed == 0
+    assert again.embed.reused == first_run.embed.computed + first_run.embed.reused
     assert again.filter.funnel == first_run.filter.funnel
     assert storage.latest_uri(manifest.collection_uri(world.store, curate.CURATED_COLLECTION)) == (
         again.curated_uri
@@ -482,7 +480,7 @@ def test_ten_new_photos_embed_ten_and_copies_group_with_their_originals(world, f
     assert len(copies) + 1 == 10
 
     result = world.curate(world.ingest())
-    assert result.embed["computed"] == 10
+    assert result.embed.computed == 10
 
     after = curated_frame(result).set_index("key")
     group = after["near_dup_of"].fillna(pd.Series(after.index, index=after.index))
@@ -542,9 +540,9 @@ def test_finetuning_switches_curation_to_the_finetuned_embedder(s3_server, tmp_p
         update={"curate": CurateSettings(finetune=True, finetune_epochs=2)}
     )
     result = small.curate()
-    assert result.finetune is not None and not result.finetune["reused"]
-    assert result.embed["tag"] != embed.model_tag(small.settings.embed)
-    assert result.embed["tag"] == embed.model_tag(
-        small.settings.embed.model_copy(update={"weights": result.finetune["weights_uri"]})
+    assert result.finetune is not None and not result.finetune.reused
+    assert result.embed.tag != embed.model_tag(small.settings.embed)
+    assert result.embed.tag == embed.model_tag(
+        small.settings.embed.model_copy(update={"weights": result.finetune.weights_uri})
     )
     assert result.types.classifier is not None

@@ -54,14 +54,15 @@ def test_curate_flow_publishes_and_reuses_cached_steps(
     finally:
         get_settings.cache_clear()
 
-    curated = manifest.read(first["manifest_uri"])
-    assert first["funnel"]["objects"] == len(curated) == len(manifest.read(world.manifest_uri))
-    assert first["funnel"]["training_set"] == curated["keep"].sum() > 0
-    assert first["embedded"] > 0 and again["embedded"] == 0
+    curated = manifest.read(first.curated_uri)
+    funnel = first.filter.funnel
+    assert funnel["objects"] == len(curated) == len(manifest.read(world.manifest_uri))
+    assert funnel["training_set"] == curated["keep"].sum() > 0
+    assert first.embed.computed > 0 and again.embed.computed == 0
     collection = manifest.collection_uri(world.store, curate.CURATED_COLLECTION)
-    assert storage.latest_uri(collection) == again["manifest_uri"] != first["manifest_uri"]
+    assert storage.latest_uri(collection) == again.curated_uri != first.curated_uri
     assert len(clusters_runs(world.store)) == 1  # the second run's cluster step was cached
-    assert again["funnel"] == first["funnel"]
-    assert first["mlflow_run_id"] and again["mlflow_run_id"] != first["mlflow_run_id"]
+    assert again.filter.funnel == funnel
+    assert first.mlflow_run_id and again.mlflow_run_id != first.mlflow_run_id
     keys = asyncio.run(artifact_keys(state.state_details.flow_run_id))
     assert {"curate-funnel", "curate-summary", "image-types", "cluster-galleries"} <= keys

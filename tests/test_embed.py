@@ -350,26 +350,39 @@ def test_photos_and_store_on_s3(settings: Settings, s3_server, bucket: str):
 # --- Prefect tasks ------------------------------------------------------------------------------
 
 
+def embed_env(monkeypatch: pytest.MonkeyPatch, **embed_settings: str) -> EmbedSettings:
+    """The embed settings the tasks read (``get_settings``), set as a deployment sets them."""
+    from housegan.config import get_settings
+
+    for name, value in embed_settings.items():
+        monkeypatch.setenv(f"HOUSEGAN_EMBED__{name.upper()}", value)
+    get_settings.cache_clear()
+    return get_settings().embed
+
+
 @pytest.mark.slow
 def test_shard_task_is_cached_by_shard_and_tag_and_a_vanished_part_is_redone(
-    prefect_harness, tmp_path: Path, store: str
+    prefect_harness, tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch
 ):
     from prefect import flow
 
+    from housegan.steps.embed import EmbedInput, ShardInput
     from tasks.embed import embed_shard_task, map_embed_shards
 
-    cfg = EmbedSettings(input_size=32, layer="conv5", num_workers=0)
+    cfg = embed_env(monkeypatch, input_size="32", layer="conv5", num_workers="0", shard_size="2")
     photos = write_photos(tmp_path / "raw", range(4))
-    planned = embed.plan(publish_manifest(store, manifest_frame(photos)), store, cfg, shard_size=2)
-    shards = [shard.to_dict() for shard in planned.todo]
+    inputs = EmbedInput(publish_manifest(store, manifest_frame(photos)), store)
+    planned = embed.plan(inputs.manifest_uri, store, cfg, shard_size=2)
+    shards = ShardInput.all_of(inputs, planned)
 
     @flow
     def embed_twice() -> tuple[list[str], list[str], str]:
-        first = map_embed_shards(shards, store, cfg)
+        first = map_embed_shards(shards)
         storage.local_path(first[0]).unlink()
-        again = map_embed_shards(shards, store, cfg)
-        other_tag = embed_shard_task(shards[1], store, cfg.model_copy(update={"input_size": 48}))
-        return first, again, other_tag
+        again = map_embed_shards(shards)
+        bigger = embed_env(monkeypatch, input_size="48")
+        other = ShardInput(shards[1].shard, store, embed.model_tag(bigger))
+        return first, again, embed_shard_task(other)
 
     first, again, other_tag = embed_twice()
     assert again[1] == first[1]  # cached: not computed again
@@ -381,24 +394,26 @@ def test_shard_task_is_cached_by_shard_and_tag_and_a_vanished_part_is_redone(
 
 @pytest.mark.slow
 def test_embed_stage_maps_shards_on_a_two_worker_dask_cluster(
-    prefect_harness, tmp_path: Path, store: str
+    prefect_harness, tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch
 ):
     from prefect import flow
 
-    from tasks.embed import embed_task_runner, run_embed_stage
+    from flows.embed import run_embed_stage
+    from housegan.steps.embed import EmbedInput
+    from tasks.embed import embed_task_runner
 
-    cfg = EmbedSettings(input_size=32, layer="conv5", shard_size=2, dask_workers=2)
-    assert type(embed_task_runner(cfg)).__name__ == "DaskTaskRunner"
+    cfg = embed_env(monkeypatch, input_size="32", layer="conv5", shard_size="2", dask_workers="2")
+    assert type(embed_task_runner()).__name__ == "DaskTaskRunner"
     photos = write_photos(tmp_path / "raw", range(6))
     manifest_uri = publish_manifest(store, manifest_frame(photos))
 
     @flow
-    def stage() -> dict:
-        return run_embed_stage(manifest_uri, store, cfg)
+    def stage() -> embed.EmbedResult:
+        return run_embed_stage(EmbedInput(manifest_uri, store))
 
-    summary = stage()
-    assert (summary["computed"], summary["reused"], summary["failed"]) == (6, 0, {})
-    shas, vectors = embed.load_embeddings(store, summary["tag"])
+    result = stage()
+    assert (result.computed, result.reused, result.failed) == (6, 0, {})
+    shas, vectors = embed.load_embeddings(store, result.tag)
     assert sorted(shas) == sorted(sha(data) for data in photos.values())
     assert vectors.shape == (6, 512)
     assert embed.plan(manifest_uri, store, cfg).todo == []

@@ -45,13 +45,13 @@ def test_demo_flow_runs_every_stage_and_a_refresh_redoes_nothing(
     counts = first["ingest"]["counts"]
     assert sum(counts.values()) == first["ingest"]["listed"]
     assert counts["ok"] < first["ingest"]["listed"]
-    curated = manifest.read(first["curate"]["manifest_uri"])
+    curated = manifest.read(first["curate"].curated_uri)
     assert len(curated) == first["ingest"]["listed"]
-    assert first["curate"]["funnel"]["training_set"] == int(curated["keep"].sum()) > 0
+    assert first["curate"].filter.funnel["training_set"] == int(curated["keep"].sum()) > 0
     assert first["train"]["model_uri"].startswith("models:/housegan-cgan/")
     # The refresh over an unchanged bucket downloads and embeds nothing, and trains nothing.
     assert again["ingest"]["downloaded"] == 0
-    assert again["curate"]["embedded"] == 0
+    assert again["curate"].embed.computed == 0
     assert again["train"] is None
     printed = capsys.readouterr().out
     assert "where to look" in printed and first["train"]["model_uri"] in printed

@@ -29,39 +29,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from housegan import curate, labels, manifest, storage
+    from housegan import labels
+    from housegan.steps.curate import CurateInput, run_curate
 
     settings = get_settings()
-    store = storage.normalize_uri(args.store or settings.store_uri)
     options = settings.storage_options()
     try:
-        manifest_uri = manifest.resolve(args.manifest or manifest.collection_uri(store), options)
-        result = curate.curate(
-            manifest_uri,
-            store,
-            settings,
-            labels_uri=args.labels,
-            storage_options=options,
-            progress=True,
-            track=not args.no_mlflow,
+        source = CurateInput.resolve(
+            args.manifest, args.store or settings.store_uri, args.labels, options
+        )
+        result = run_curate(
+            source, settings, storage_options=options, progress=True, track=not args.no_mlflow
         )
     except (FileNotFoundError, labels.LabelError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    summary = result.summary()
     print(f"curated manifest: {result.curated_uri}")
     print(
-        f"embeddings {result.embed['tag']}: {result.embed['computed']} computed, "
-        f"{result.embed['reused']} reused"
+        f"embeddings {result.embed.tag}: {result.embed.computed} computed, "
+        f"{result.embed.reused} reused"
     )
     for stage, count in result.filter.funnel.items():
         print(f"  {stage:<20} {count}")
     dropped = ", ".join(f"{r}={n}" for r, n in result.filter.drop_counts.items() if n)
     print(f"dropped: {dropped or 'nothing'}")
-    accuracy = summary["type_accuracy_cv"]
-    if accuracy is not None:
-        print(f"image types: held-out accuracy {accuracy:.3f} on {result.types.labels_used} labels")
+    if result.finetune is not None:
+        print(f"fine-tuned VGG16: held-out accuracy {result.finetune.holdout_accuracy}")
+    if result.type_accuracy is not None:
+        print(
+            f"image types: held-out accuracy {result.type_accuracy:.3f} "
+            f"on {result.types.labels_used} labels"
+        )
     if result.mlflow_run_id:
         print(f"MLflow run: {result.mlflow_run_id}")
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(json.dumps(result.summary(), default=str))
     return 0
