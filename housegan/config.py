@@ -313,6 +313,65 @@ class AppSettings(BaseModel):
     startup_timeout_s: float = Field(60.0, gt=0, description="stack: wait this long for health")
 
 
+class EvaluateSettings(BaseModel):
+    """Evaluating a trained generator (novelty, fidelity/diversity, conditioning) and the
+    promotion gate. Features come from the curation embedder (the ``embed`` section)."""
+
+    # sampling: every model is drawn with the same seed, so two evaluations compare alike
+    samples_per_cell: int = Field(200, ge=2, description="generated images per (city, type)")
+    seed: int = Field(20_261_202, description="evaluation seed: image i of a cell is (seed, i)")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="'auto', 'cpu', 'cuda[:N]'"
+    )
+    generate_batch_size: int = Field(64, ge=1)
+    # the real reference: a seeded split of the packed training set
+    holdout_fraction: float = Field(
+        0.05, gt=0, lt=1, description="real images held out: copy calibration, CAS tests"
+    )
+    holdout_max: int = Field(2_000, ge=2, description="at most this many held out")
+    reference_max: int = Field(
+        10_000, ge=10, description="real images sampled for KID and precision/recall/density"
+    )
+    split_seed: int = 0
+    cache_features: bool = Field(True, description="keep real features under <store>/evaluations")
+    # novelty
+    copy_percentile: float = Field(
+        99.0, gt=0, le=100, description="copy threshold: this pct of held-out real NN cosine"
+    )
+    copy_threshold: float | None = Field(
+        None, ge=-1, le=1, description="a fixed cosine instead of the calibrated one"
+    )
+    pairs_per_cell: int = Field(8, ge=0, description="most similar (generated, real) pairs shown")
+    figure_thumb: int = Field(96, ge=16, description="tile side of the pair figures, pixels")
+    knn_memory_mb: float = Field(
+        1024.0, gt=0, description="working memory of one nearest-neighbour search (sets blocks)"
+    )
+    knn_precision: Literal["float32", "bfloat16"] = Field(
+        "bfloat16", description="block products; candidates are re-scored in float32"
+    )
+    knn_rerank: int = Field(16, ge=0, description="extra candidates re-scored in float32")
+    # fidelity and diversity
+    pr_k: int = Field(3, ge=1, description="k of the precision/recall manifolds")
+    dc_k: int = Field(5, ge=1, description="k of density/coverage")
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1_000, ge=2, description="capped at the smaller sample")
+    # conditioning
+    classifier_pca_dim: int = Field(64, ge=2)
+    classifier_max_train: int = Field(20_000, ge=10, description="real rows a classifier fits")
+    classifier_c: float = Field(1.0, gt=0)
+    # promotion gate
+    max_copy_rate: float = Field(
+        0.05, ge=0, le=1, description="above this share of copies a model is never promoted"
+    )
+    fd_tolerance: float = Field(
+        0.05, ge=0, le=1, description="candidate FD may exceed the champion's by this fraction"
+    )
+    kid_tolerance: float = Field(0.05, ge=0, le=1, description="same, for KID")
+    kid_tolerance_abs: float = Field(
+        1e-3, ge=0, description="KID slack when the champion's KID is near zero"
+    )
+
+
 class Settings(BaseSettings):
     """Everything a housegan run can be told."""
 
@@ -345,6 +404,7 @@ class Settings(BaseSettings):
     gan: GanSettings = GanSettings()
     stack: StackSettings = StackSettings()
     app: AppSettings = AppSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
 
     @field_validator("key_pattern")
     @classmethod

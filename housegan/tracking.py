@@ -234,9 +234,9 @@ def log_generator_model(
         )
 
 
-def set_alias(name: str, version: str | int, alias: str) -> None:
+def set_alias(name: str, version: str | int, alias: str, tracking_uri: str | None = None) -> None:
     """Point ``models:/name@alias`` at ``version`` (e.g. ``champion``, by a promote step)."""
-    MlflowClient().set_registered_model_alias(name, alias, str(version))
+    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, str(version))
 
 
 def load_generator_model(
@@ -568,3 +568,184 @@ def server_reachable(tracking_uri: str, timeout_s: float) -> bool:
             return True
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------ evaluation runs, promotion
+# An evaluation is a run nested under the training run of the model it measured, tagged with its
+# key (what its numbers depend on: dataset, embedder tag, seeds, sample sizes); promotion reads
+# evaluations back by key, so a champion and a candidate are compared on the same draws.
+
+EVALUATION_KEY_TAG = "evaluation_key"
+PROMOTION_DECISION_TAG = "promotion.decision"  # on a model version: champion|challenger|...
+PROMOTION_REASON_TAG = "promotion.reason"  # why, in MLflow's validation words
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str | None  # the run that trained it
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def registered_version(model_uri: str, tracking_uri: str | None = None) -> RegisteredVersion | None:
+    """The registry version ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names now (None for
+    a folder or ``runs:/``); raises MlflowException when the name, alias or version is unknown."""
+    ref = parse_registry_uri(model_uri)
+    if ref is None:
+        return None
+    client = MlflowClient(tracking_uri)
+    if ref.alias is not None:
+        found = client.get_model_version_by_alias(ref.name, ref.alias)
+    else:
+        found = client.get_model_version(ref.name, str(ref.version))
+    return RegisteredVersion(ref.name, str(found.version), found.run_id or None)
+
+
+def alias_version(name: str, alias: str, tracking_uri: str | None = None) -> str | None:
+    """The version ``alias`` points at, or None (no such alias, or no such model yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def delete_alias(name: str, alias: str, tracking_uri: str | None = None) -> None:
+    MlflowClient(tracking_uri).delete_registered_model_alias(name, alias)
+
+
+def set_version_tags(
+    name: str, version: str, tags: Mapping[str, str], tracking_uri: str | None = None
+) -> None:
+    client = MlflowClient(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value)[:_MAX_PARAM_CHARS])
+
+
+def version_tags(name: str, version: str, tracking_uri: str | None = None) -> dict[str, str]:
+    return dict(MlflowClient(tracking_uri).get_model_version(name, str(version)).tags or {})
+
+
+def training_run_id(
+    model_uri: str,
+    tracking_uri: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str | None:
+    """The run that trained a model: a registry version's, ``runs:/ID/...``'s, or the one a
+    ``train --out`` folder records (``mlflow_run.json``); None when nothing says."""
+    version = registered_version(model_uri, tracking_uri)
+    if version is not None:
+        return version.run_id
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/") :].split("/", 1)[0] or None
+    return read_run_id(model_uri, storage_options)
+
+
+def training_dataset(run_id: str, tracking_uri: str | None = None) -> tuple[str, str] | None:
+    """(dataset id, dataset URI) a training run logged as its input, or None."""
+    inputs = MlflowClient(tracking_uri).get_run(run_id).inputs
+    for item in inputs.dataset_inputs if inputs else []:
+        try:
+            source = json.loads(item.dataset.source)
+        except (TypeError, ValueError):
+            continue
+        uri = source.get("uri") if isinstance(source, dict) else None
+        if uri:
+            return item.dataset.digest, uri
+    return None
+
+
+def log_evaluation(
+    evaluation: Any,
+    tracking_uri: str,
+    experiment: str,
+    parent_run_id: str | None = None,
+    version: RegisteredVersion | None = None,
+) -> str:
+    """Record a ``housegan.evaluate.evaluation.ModelEvaluation`` as a run nested under
+    ``parent_run_id`` (the training run; its experiment too): params, metrics, the per-cell and
+    per-city tables, the figures, the embedder tag and the key. A registered ``version`` is
+    tagged with the run. Returns the run id."""
+    _ensure_sqlite_folder(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = None
+    if parent_run_id is not None:
+        experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
+    else:
+        experiment_id = mlflow.set_experiment(experiment).experiment_id
+    tags = {
+        "stage": "evaluate",
+        EVALUATION_KEY_TAG: evaluation.key,
+        "embed_tag": evaluation.embed_tag,
+        "dataset_id": evaluation.dataset_id,
+        "model_uri": version.uri if version else evaluation.model_uri,
+    }
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=f"evaluate-{evaluation.key[:8]}",
+        parent_run_id=parent_run_id,
+        tags=tags,
+    ) as run:
+        log_params(evaluation.params)
+        metrics = {_METRIC_KEY_BAD.sub("_", k): v for k, v in evaluation.metrics.items()}
+        log_metrics({k: v for k, v in metrics.items() if v is None or np.isfinite(v)})
+        log_table(evaluation.cells, "evaluation/cells.json")
+        log_table(evaluation.cities, "evaluation/cities.json")
+        for name, path in evaluation.figures.items():
+            folder = name.rsplit("/", 1)[0] if "/" in name else None
+            mlflow.log_artifact(str(path), artifact_path=folder)
+        run_id = run.info.run_id
+    if version is not None:
+        set_version_tags(
+            version.name,
+            version.version,
+            {EVALUATION_RUN_TAG: run_id, EVALUATION_KEY_TAG: evaluation.key},
+            tracking_uri,
+        )
+    return run_id
+
+
+def find_evaluation(
+    parent_run_id: str, key: str, tracking_uri: str | None = None
+) -> tuple[str, dict[str, float]] | None:
+    """(run id, metrics) of the newest finished evaluation with ``key`` nested under
+    ``parent_run_id``, or None."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+            f"tags.{EVALUATION_KEY_TAG} = '{key}' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return (runs[0].info.run_id, dict(runs[0].data.metrics)) if runs else None
+
+
+def check_thresholds(
+    metrics: Mapping[str, float | None], thresholds: Mapping[str, tuple[float, bool]]
+) -> str | None:
+    """MLflow's model validation of ``metrics`` against ``{name: (threshold, greater_is_better)}``:
+    None when all pass, else MLflow's message naming each failed metric (a missing one fails)."""
+    from mlflow.models import MetricThreshold
+    from mlflow.models.evaluation import EvaluationResult
+    from mlflow.models.evaluation.validation import ModelValidationFailedException
+
+    bars = {
+        name: MetricThreshold(threshold=float(value), greater_is_better=bool(greater))
+        for name, (value, greater) in thresholds.items()
+    }
+    present = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+    candidate = EvaluationResult(metrics=present, artifacts={}, run_id="candidate")
+    try:
+        mlflow.validate_evaluation_results(validation_thresholds=bars, candidate_result=candidate)
+    except ModelValidationFailedException as exc:
+        return exc.message
+    return None
