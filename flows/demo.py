@@ -46,9 +46,9 @@ def print_summary(result: dict[str, Any]) -> None:
     ingest, curate, train = result["ingest"], result["curate"], result["train"]
     print("\n=== housegan demo ===")
     print(f"source     {settings.source_uri}  ({result['synth']['objects']} objects)")
-    print(f"manifest   {ingest['manifest_uri']}")
-    print("           " + ", ".join(f"{k}={v}" for k, v in sorted(ingest["counts"].items())))
-    print(f"           new {ingest['new']}, downloaded {ingest['downloaded']}")
+    print(f"manifest   {ingest.manifest_uri}")
+    print("           " + ", ".join(f"{k}={v}" for k, v in sorted(ingest.counts.items())))
+    print(f"           new {ingest.new}, downloaded {ingest.downloaded}")
     print(f"labels     {result['labels']['rows']} imported -> {result['labels']['labels_uri']}")
     print(f"curated    {curate.curated_uri}")
     print(f"           embedded {curate.embed.computed}, reused {curate.embed.reused}")
@@ -56,20 +56,19 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"           {stage:<20} {count}")
     if curate.type_accuracy is not None:
         print(
-            "           image-type classifier, cross-validated accuracy "
-            f"{curate.type_accuracy:.3f}"
+            f"           image-type classifier, cross-validated accuracy {curate.type_accuracy:.3f}"
         )
     if train:
-        print(f"model      {train['model_uri']}  ({train['kimg']:.1f} kimg, {train['step']} steps)")
-        print(f"samples    {train['samples_uri']}")
+        print(f"model      {train.model_uri}  ({train.kimg:.1f} kimg, {train.step} steps)")
+        print(f"samples    {train.samples_uri}")
     prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     print("\nwhere to look")
     # The URI the runs were logged to: the stack's server under `make demo`.
     print(
         f"  MLflow UI   {settings.mlflow_tracking_uri}  (experiment '{settings.mlflow_experiment}')"
     )
-    if train and train.get("run_url"):
-        print(f"  train run   {train['run_url']}  (Artifacts: images/ holds the sample grids)")
+    if train and train.run_url:
+        print(f"  train run   {train.run_url}  (Artifacts: images/ holds the sample grids)")
     if prefect_ui:
         print(
             f"  Prefect UI  {prefect_ui}  (flow run 'demo': subflows, progress and table artifacts)"
@@ -77,7 +76,7 @@ def print_summary(result: dict[str, Any]) -> None:
     if train:
         city = result["synth"]["cities"][0]
         print(
-            f"  try         .venv/bin/housegan generate --model {train['model_uri']} --city {city}"
+            f"  try         .venv/bin/housegan generate --model {train.model_uri} --city {city}"
             " --image-type exterior --seed 7 --n 16 --out demo-grid.png"
         )
 

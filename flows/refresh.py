@@ -28,11 +28,12 @@ def full_refresh(
     kimg: float | None = None,
     max_minutes: float | None = None,
 ) -> dict[str, Any]:
-    """Ingest what is new, curate, and (unless ``train`` is False) train and register a model."""
+    """Ingest what is new, curate, and (unless ``train`` is False) train and register a model;
+    each stage's result by name."""
     settings = get_settings()
     store = store_uri or settings.store_uri
     ingested = ingest_flow(source_uri or settings.source_uri, store)
-    curated = curate_flow(ingested["manifest_uri"], store, labels_uri)
+    curated = curate_flow(ingested.manifest_uri, store, labels_uri)
     trained = (
         train_flow(curated.curated_uri, store, kimg=kimg, max_minutes=max_minutes)
         if train

@@ -1,17 +1,19 @@
 """The training flow: curated manifest -> packed dataset -> trained, registered generator.
 
 Run with ``python -m flows.train`` (defaults from the config) or from a Prefect deployment.
+The same two steps as ``housegan train`` (``housegan.steps.train.run_train``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from prefect import flow
 
 from housegan.config import get_settings
-from tasks.train import prepare_task, run_folder, train_task
+from housegan.steps import to_json
+from housegan.steps.train import GanOverrides, PrepareInput, Trained, TrainInput, run_folder
+from tasks.train import prepare_task, train_task
 
 
 @flow(name="train")
@@ -25,7 +27,7 @@ def train_flow(
     device: str | None = None,
     out_dir: str | None = None,
     resume: bool = False,
-) -> dict[str, Any]:
+) -> Trained:
     """Pack the manifest (default: the latest curated one), train, log and register the model.
 
     ``out_dir`` defaults to a fresh folder under ``<store>/training/``; pass an earlier run's
@@ -34,21 +36,11 @@ def train_flow(
     settings = get_settings()
     store = store_uri or settings.store_uri
     size = image_size or settings.gan.image_size
-    dataset = prepare_task(manifest_uri, store, size)
-    overrides = {
-        "image_size": size,
-        "kimg": kimg,
-        "max_minutes": max_minutes,
-        "batch_size": batch_size,
-        "device": device,
-    }
-    return train_task(
-        dataset["uri"],
-        out_dir or run_folder(store, dataset["dataset_id"], size),
-        {k: v for k, v in overrides.items() if v is not None},
-        resume,
-    )
+    overrides = GanOverrides(size, kimg, max_minutes, batch_size, device)
+    dataset = prepare_task(PrepareInput.of(manifest_uri, store, size))
+    folder = out_dir or run_folder(store, dataset.dataset_id, size)
+    return train_task(TrainInput(dataset.uri, folder, overrides, resume))
 
 
 if __name__ == "__main__":
-    print(json.dumps(train_flow(), indent=2))
+    print(json.dumps(to_json(train_flow()), indent=2))

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.client import IncompleteRead
 from typing import Any
@@ -77,7 +77,7 @@ class SourceObject:
     last_modified: pd.Timestamp | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class IngestResult:
     manifest_uri: str | None
     counts: dict[str, int]
@@ -132,7 +132,7 @@ def ingest(
         failed=failed,
     )
     if previous_uri is None or not _same_rows(frame, previous):
-        result.manifest_uri = manifest.write_version(
+        published_uri = manifest.write_version(
             frame,
             collection,
             IMAGE_MANIFEST_SCHEMA,
@@ -144,7 +144,7 @@ def ingest(
             },
             storage_options=storage_options,
         )
-        result.published = True
+        result = replace(result, manifest_uri=published_uri, published=True)
     return result
 
 

@@ -1,16 +1,17 @@
-"""Prefect task around ``housegan.ingest.ingest``: retries, progress and counts artifacts."""
+"""Prefect task around the ingest step (``housegan.steps.ingest``): retries, progress and
+counts artifacts."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from housegan.config import IngestSettings, get_settings
-from housegan.ingest import IngestError, ingest
-from tasks.runtime import ProgressArtifact, in_task_run, task_logger
+from housegan.ingest import IngestError, IngestResult
+from housegan.steps import ingest as steps
+from housegan.steps.ingest import IngestInput, failure_summary
+from tasks.runtime import ProgressArtifact, in_task_run, run_step, step_task, task_logger
 
 _DEFAULTS = IngestSettings()  # decorator defaults; the flow applies the configured values
 
@@ -21,34 +22,25 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     return not (isinstance(error, IngestError) and not error.transient)
 
 
-@task(
+@step_task(
+    steps.ingest_source,
+    cache=False,  # the source changes under the same URI: never reuse a result
     name="ingest",
     retries=_DEFAULTS.task_retries,
     retry_delay_seconds=_DEFAULTS.task_retry_delay_s,
     retry_condition_fn=_worth_retrying,
-    cache_policy=NO_CACHE,  # the source changes under the same URI: never reuse a result
 )
-def ingest_task(source_uri: str, store_uri: str) -> dict[str, Any]:
-    """Update the image manifest; returns its URI and counts (``IngestResult.summary()``)."""
-    settings = get_settings()
-    logger = task_logger(__name__)
+def ingest_task(inputs: IngestInput) -> IngestResult:
+    """Update the image manifest; objects that still failed make the task fail (and retry:
+    what succeeded is published, a retry fetches only what failed)."""
+    every_s = get_settings().ingest.progress_every_s
     progress = (
-        ProgressArtifact("ingest-progress", "objects fetched", settings.ingest.progress_every_s)
-        if in_task_run()
-        else None
+        ProgressArtifact("ingest-progress", "objects fetched", every_s) if in_task_run() else None
     )
-    result = ingest(
-        source_uri,
-        store_uri,
-        key_pattern=settings.key_pattern,
-        limits=settings.images,
-        cfg=settings.ingest,
-        storage_options=settings.storage_options(),
-        progress=progress,
-    )
-    logger.info(
+    result = run_step(steps.ingest_source, inputs, progress=progress)
+    task_logger(__name__).info(
         "ingest %s: listed %d, new %d, downloaded %d, counts %s -> %s",
-        source_uri,
+        inputs.source_uri,
         result.listed,
         result.new,
         result.downloaded,
@@ -66,11 +58,7 @@ def ingest_task(source_uri: str, store_uri: str) -> dict[str, Any]:
                 f"{'published' if result.published else 'unchanged'}"
             ),
         )
-    if result.failed:
-        key, error = next(iter(result.failed.items()))
-        # What succeeded is published; a retry fetches only the objects that failed.
-        raise IngestError(
-            f"{len(result.failed)} objects could not be fetched (first: {key}: {error})",
-            transient=True,
-        )
-    return result.summary()
+    failure = failure_summary(result)
+    if failure is not None:
+        raise IngestError(failure, transient=True)
+    return result

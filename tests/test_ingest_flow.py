@@ -39,37 +39,39 @@ def test_ingest_flow_runs_and_publishes_manifest(prefect_harness, configured, th
 
     from flows.ingest import ingest_flow
 
-    summary = ingest_flow()
-    assert summary["counts"] == {"ok": 3}
-    assert (summary["new"], summary["downloaded"]) == (3, 3)
+    result = ingest_flow()
+    assert result.counts == {"ok": 3}
+    assert (result.new, result.downloaded) == (3, 3)
     collection = manifest.collection_uri(configured.store_uri)
-    assert storage.latest_uri(collection) == summary["manifest_uri"]
+    assert storage.latest_uri(collection) == result.manifest_uri
     counts_artifact = Artifact.get("ingest-counts")
     assert counts_artifact is not None and "ok" in str(counts_artifact.data)
     assert Artifact.get("ingest-progress") is not None
 
 
 def test_ingest_task_can_be_called_alone(prefect_harness, configured, three_photos):
+    from housegan.steps.ingest import IngestInput
     from tasks.ingest import ingest_task
 
-    first = ingest_task(configured.source_uri, configured.store_uri)  # a standalone task run
-    again = ingest_task.fn(configured.source_uri, configured.store_uri)  # the plain function
-    assert first["downloaded"] == 3
-    assert (again["downloaded"], again["manifest_uri"]) == (0, first["manifest_uri"])
+    inputs = IngestInput(configured.source_uri, configured.store_uri)
+    first = ingest_task(inputs)  # a standalone task run
+    again = ingest_task.fn(inputs)  # the plain function
+    assert first.downloaded == 3
+    assert (again.downloaded, again.manifest_uri) == (0, first.manifest_uri)
 
 
 def test_missing_bucket_fails_without_retrying(prefect_harness, configured, monkeypatch):
-    import tasks.ingest
+    import housegan.ingest
     from flows.ingest import ingest_flow
 
     calls = []
-    real_ingest = tasks.ingest.ingest
+    real_ingest = housegan.ingest.ingest
 
     def counting_ingest(*args, **kwargs):
         calls.append(args[0])
         return real_ingest(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.ingest, "ingest", counting_ingest)
+    monkeypatch.setattr(housegan.ingest, "ingest", counting_ingest)
     with pytest.raises(IngestError, match="no-such-bucket"):
         ingest_flow(source_uri="s3://no-such-bucket/raw")
     assert calls == ["s3://no-such-bucket/raw"]  # task_retries=2, but retrying cannot help

@@ -42,16 +42,16 @@ def test_demo_flow_runs_every_stage_and_a_refresh_redoes_nothing(
         get_settings.cache_clear()
 
     # Every object is accounted for once; the broken ones are not ok.
-    counts = first["ingest"]["counts"]
-    assert sum(counts.values()) == first["ingest"]["listed"]
-    assert counts["ok"] < first["ingest"]["listed"]
+    ingested = first["ingest"]
+    assert sum(ingested.counts.values()) == ingested.listed
+    assert ingested.counts["ok"] < ingested.listed
     curated = manifest.read(first["curate"].curated_uri)
-    assert len(curated) == first["ingest"]["listed"]
+    assert len(curated) == ingested.listed
     assert first["curate"].filter.funnel["training_set"] == int(curated["keep"].sum()) > 0
-    assert first["train"]["model_uri"].startswith("models:/housegan-cgan/")
+    assert first["train"].model_uri.startswith("models:/housegan-cgan/")
     # The refresh over an unchanged bucket downloads and embeds nothing, and trains nothing.
-    assert again["ingest"]["downloaded"] == 0
+    assert again["ingest"].downloaded == 0
     assert again["curate"].embed.computed == 0
     assert again["train"] is None
     printed = capsys.readouterr().out
-    assert "where to look" in printed and first["train"]["model_uri"] in printed
+    assert "where to look" in printed and first["train"].model_uri in printed

@@ -30,17 +30,17 @@ def test_train_flow_returns_run_id_and_a_registered_model_that_generates(
     from housegan.gan import serving
 
     manifest = write_photos(configured / "photos", per_class=4)
-    summary = train_flow(manifest_uri=str(manifest))
+    trained = train_flow(manifest_uri=str(manifest))
 
-    assert summary["step"] == 4 and summary["rollbacks"] == 0
-    assert summary["model_uri"] == f"models:/housegan-cgan/{summary['model_version']}"
+    assert trained.step == 4 and trained.rollbacks == 0
+    assert trained.model_uri == f"models:/housegan-cgan/{trained.model_version}"
     client = mlflow.MlflowClient(get_settings().mlflow_tracking_uri)
-    run = client.get_run(summary["run_id"])
+    run = client.get_run(trained.run_id)
     assert run.info.status == "FINISHED"
-    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [summary["dataset_id"]]
-    out_dir = storage.local_path(summary["out_dir"])
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [trained.dataset_id]
+    out_dir = storage.local_path(trained.out_dir)
     assert out_dir.is_relative_to(configured / "store" / "training")
-    model = tracking.load_generator_model(summary["model_uri"])
+    model = tracking.load_generator_model(trained.model_uri)
     images = serving.generate(model, "boston", "landscape", seed=0, n=2)
     assert images.shape == (2, 32, 32, 3)
     folder = serving.generate(serving.load_generator(out_dir), "boston", "landscape", 0, 2)
@@ -54,15 +54,19 @@ def test_prepare_task_returns_only_ids_uris_and_counts(
     from prefect import flow
 
     from housegan import storage
+    from housegan.gan.data import PreparedDataset
+    from housegan.steps import from_json, to_json
+    from housegan.steps.train import PrepareInput
     from tasks.train import prepare_task
 
     manifest = write_photos(configured / "photos", per_class=2)
 
     @flow
-    def prepare_only() -> dict:
-        return prepare_task(str(manifest), get_settings().store_uri, 32)
+    def prepare_only() -> PreparedDataset:
+        return prepare_task(PrepareInput.of(str(manifest), get_settings().store_uri, 32))
 
-    summary = prepare_only()
-    assert json.loads(json.dumps(summary)) == summary  # plain values: ready for another worker
-    assert summary["n"] == 8 and summary["cities"] == ["austin", "boston"]
-    assert storage.exists(storage.join(summary["uri"], "data.safetensors"))
+    dataset = prepare_only()
+    # Plain values through JSON and back: ready for another worker.
+    assert from_json(PreparedDataset, json.loads(json.dumps(to_json(dataset)))) == dataset
+    assert dataset.n == 8 and dataset.cities == ["austin", "boston"]
+    assert storage.exists(storage.join(dataset.uri, "data.safetensors"))

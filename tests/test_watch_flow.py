@@ -55,5 +55,5 @@ def test_watch_flow_emits_an_event_only_when_photos_landed(
         quiet = watch_source(settings.source_uri, settings.store_uri)
     finally:
         get_settings.cache_clear()
-    assert landed["to_fetch"] == 3 and landed["event_id"] is not None
-    assert quiet["to_fetch"] == 0 and quiet["event_id"] is None
+    assert landed.changes.to_fetch == 3 and landed.event_id is not None
+    assert quiet.changes.to_fetch == 0 and quiet.event_id is None

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from housegan.ingest import IngestError, ingest
+    from housegan.ingest import IngestError
+    from housegan.steps.ingest import IngestInput, failure_summary, ingest_source
 
     settings = get_settings()
     bar: tqdm | None = None
@@ -36,15 +37,10 @@ def run(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="obj", desc="fetch", file=sys.stderr)
         bar.update(done - bar.n)
 
+    inputs = IngestInput(args.source or settings.source_uri, args.store or settings.store_uri)
     try:
-        result = ingest(
-            args.source or settings.source_uri,
-            args.store or settings.store_uri,
-            key_pattern=settings.key_pattern,
-            limits=settings.images,
-            cfg=settings.ingest,
-            storage_options=settings.storage_options(),
-            progress=progress,
+        result = ingest_source.run(
+            inputs, settings, storage_options=settings.storage_options(), progress=progress
         )
     except IngestError as exc:
         raise UserError(str(exc)) from None
@@ -59,12 +55,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"counts: {counts or 'no objects'}")
     if args.json:
         print(json.dumps(result.summary()))
-    if result.failed:
-        key, error = next(iter(result.failed.items()))
-        print(
-            f"housegan ingest: {len(result.failed)} objects could not be fetched and will be "
-            f"retried next run (first: {key}: {error})",
-            file=sys.stderr,
-        )
+    failure = failure_summary(result)
+    if failure is not None:
+        print(f"housegan ingest: {failure}; they will be fetched again next run", file=sys.stderr)
         return 1
     return 0

@@ -34,58 +34,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-    from tqdm import tqdm
-
-    from housegan import storage
     from housegan.config import get_settings
+    from housegan.gan.train import TrainingDiverged
+    from housegan.steps.train import GanOverrides, run_train
 
     settings = get_settings()
-    overrides = {
-        "image_size": args.image_size,
-        "kimg": args.kimg,
-        "max_minutes": args.max_minutes,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "seed": args.seed,
-    }
+    overrides = GanOverrides(
+        image_size=args.image_size,
+        kimg=args.kimg,
+        max_minutes=args.max_minutes,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+    )
     try:
-        cfg = settings.gan.with_overrides(overrides)
-    except ValidationError as exc:
-        raise UserError(f"invalid training options: {exc}") from exc
-    options = settings.storage_options()
-    out_dir = storage.normalize_uri(args.out)
-
-    dataset = _prepare(args.manifest, settings.store_uri, cfg.image_size, options)
+        stage = run_train(
+            args.manifest,
+            settings,
+            overrides=overrides,
+            out_dir=args.out,
+            resume=args.resume,
+            storage_options=settings.storage_options(),
+            progress=True,
+            reporter=ProgressReporter,
+        )
+    except FileNotFoundError as exc:
+        raise UserError(f"manifest not found: {args.manifest} ({exc})") from exc
+    except (TrainingDiverged, ValueError) as exc:  # bad options, no trainable rows, ...
+        raise UserError(str(exc)) from exc
+    dataset, model = stage.dataset, stage.model
     print(
         f"dataset {dataset.dataset_id}: {dataset.n} images, cities {dataset.cities}, "
         f"types {dataset.image_types}"
         + (f", {dataset.skipped} unreadable" if dataset.skipped else "")
     )
-    from housegan import tracking
-    from housegan.gan.train import TrainingDiverged, total_kimg
-
-    with tqdm(total=round(total_kimg(cfg), 3), unit="kimg", desc="train") as bar:
-        try:
-            tracked = tracking.train_tracked(
-                dataset.uri,
-                out_dir,
-                cfg,
-                settings.mlflow_tracking_uri,
-                settings.mlflow_experiment,
-                resume=args.resume,
-                reporter=ProgressReporter(bar),
-                storage_options=options,
-            )
-        except (TrainingDiverged, ValueError) as exc:  # e.g. a checkpoint of other data
-            raise UserError(str(exc)) from exc
-    result = tracked.result
-    print(
-        f"trained {result.step} steps, {result.kimg:.3f} kimg, {result.images_per_second:.1f} img/s"
-    )
-    print(f"mlflow run {tracked.run_id} in {settings.mlflow_tracking_uri}")
-    print(f"sample grids: {tracked.samples_uri}/samples+step+<N>+*.png")
-    print(f"model {tracked.model_uri}; folder {out_dir}")
+    print(f"trained {model.step} steps, {model.kimg:.3f} kimg, {model.images_per_second:.1f} img/s")
+    print(f"mlflow run {model.run_id} in {settings.mlflow_tracking_uri}")
+    print(f"sample grids: {model.samples_uri}/samples+step+<N>+*.png")
+    print(f"model {model.model_uri}; folder {model.out_dir}")
     print(
         f"try: housegan generate --model {args.out} --city {dataset.cities[0]} "
         f"--image-type {dataset.image_types[0]} --seed 0 --n 16 --out samples.png"
@@ -113,22 +99,3 @@ class ProgressReporter:
 
     def image(self, name: str, image: Any, step: int) -> None:
         pass
-
-
-def _prepare(manifest_uri: str, store_uri: str, image_size: int, options: dict) -> Any:
-    from tqdm import tqdm
-
-    from housegan.gan.data import prepare
-
-    with tqdm(unit="img", desc="prepare") as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        try:
-            return prepare(manifest_uri, store_uri, image_size, options, progress=progress)
-        except FileNotFoundError as exc:
-            raise UserError(f"manifest not found: {manifest_uri} ({exc})") from exc
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
