@@ -112,6 +112,17 @@ def validate_labels(
     return frame[LABEL_SCHEMA.names].reset_index(drop=True)
 
 
+def append_labels(
+    frame: pd.DataFrame, store_uri: str, storage_options: Mapping[str, Any] | None = None
+) -> str:
+    """Append validated labels (``validate_labels``) to the store's label collection as one new
+    immutable part and publish it; returns the part's URI. Every label writer goes through here."""
+    collection = label_parts(labels_uri(store_uri), storage_options)
+    part = collection.append(manifest.to_table(frame, LABEL_SCHEMA))
+    collection.publish([part])
+    return part
+
+
 @dataclass(frozen=True)
 class ImportResult:
     part_uri: str
@@ -131,9 +142,7 @@ def import_labels(
     frame = validate_labels(raw, labeller)
     if frame.empty:
         raise LabelError(f"{file_uri} holds no labels (the 'label' column is empty)")
-    collection = label_parts(labels_uri(store_uri), storage_options)
-    part = collection.append(manifest.to_table(frame, LABEL_SCHEMA))
-    collection.publish([part])
+    part = append_labels(frame, store_uri, storage_options)
     counts = {str(k): int(v) for k, v in frame["label"].value_counts().items()}
     return ImportResult(part, len(frame), counts, skipped=len(raw) - len(frame))
 

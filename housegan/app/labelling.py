@@ -113,9 +113,7 @@ def append_label(
     """One label as a new part of the label table; returns the part's URI."""
     row = pd.DataFrame([{"key": key, "sha256": sha256, "label": label}])
     frame = labels.validate_labels(row, labeller, now or datetime.now(UTC))
-    part = storage.join(labels.labels_uri(store_uri), storage.new_version_name(".parquet"))
-    storage.write_parquet(manifest.to_table(frame, labels.LABEL_SCHEMA), part, storage_options)
-    return part
+    return labels.append_labels(frame, store_uri, storage_options)
 
 
 def label_counts(label_table: pd.DataFrame, curated: pd.DataFrame) -> dict[str, int]:
