@@ -112,3 +112,12 @@ def test_distance_blocks_tile_the_whole_distance_matrix(features) -> None:
     for rows, cols, block in distance_blocks(queries, keys, center=center, memory_bytes=96_000):
         got[rows, cols] = block.numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_searching_some_key_rows_equals_searching_a_copy_of_them(features) -> None:
+    queries, keys, center = features
+    rows = np.arange(0, len(keys), 3)
+    found = knn(queries, keys, 2, center=center, key_rows=rows, memory_bytes=96_000)
+    copied = knn(queries, keys[rows], 2, center=center, memory_bytes=96_000)
+    np.testing.assert_array_equal(found.indices, copied.indices)
+    np.testing.assert_array_equal(found.values, copied.values)

@@ -35,17 +35,21 @@ class LabelClassifier:
 
 
 def fit_classifier(
-    features: np.ndarray, labels: np.ndarray, cfg: EvaluateSettings, seed: int = 0
+    features: np.ndarray,
+    labels: np.ndarray,
+    cfg: EvaluateSettings,
+    seed: int = 0,
+    rows: np.ndarray | None = None,
 ) -> LabelClassifier | None:
-    """A classifier of ``labels`` (on at most ``classifier_max_train`` rows); None with < 2
-    classes, where there is nothing to tell apart."""
-    if len(np.unique(labels)) < 2:
+    """A classifier of ``labels`` on ``features`` (only ``rows`` of both, when given; at most
+    ``classifier_max_train`` of them); None with < 2 classes: nothing to tell apart."""
+    rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+    if len(np.unique(labels[rows])) < 2:
         return None
-    rng = np.random.default_rng(seed)
-    if len(features) > cfg.classifier_max_train:
-        chosen = np.sort(rng.choice(len(features), cfg.classifier_max_train, replace=False))
-        features, labels = features[chosen], labels[chosen]
-    features = np.asarray(features, dtype=np.float32)
+    if len(rows) > cfg.classifier_max_train:
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(rows, cfg.classifier_max_train, replace=False))
+    features, labels = np.asarray(features[rows], dtype=np.float32), labels[rows]
     projection = fit_projection(features, cfg.classifier_pca_dim, seed, cfg.classifier_max_train)
     reduced = projection.transform(features)
     # Centred, normalized features have tiny entries: one overall scale keeps C meaningful.
@@ -87,7 +91,7 @@ def conditioning(
     metrics: dict[str, float | None] = {}
     hits: dict[str, np.ndarray | None] = {}
     for kind in ("city", "type"):
-        on_real = fit_classifier(real_features[rest], real_labels[kind][rest], cfg, cfg.split_seed)
+        on_real = fit_classifier(real_features, real_labels[kind], cfg, cfg.split_seed, rest)
         on_generated = fit_classifier(
             generated_features, generated_labels[kind], cfg, cfg.split_seed
         )

@@ -82,11 +82,18 @@ def plan_blocks(
         )
     # Square blocks first (s*b^2 + 2*row*b = avail), then any left-over goes to the keys.
     side = int((-2 * row + math.sqrt(4 * row * row + 4 * cell * avail)) / (2 * cell))
-    queries = max(1, min(n_queries, side))
-    keys = max(1, min(n_keys, int((avail - queries * row) // (row + queries * cell))))
+    queries = _balanced(n_queries, max(1, side))
+    keys = _balanced(n_keys, max(1, int((avail - queries * row) // (row + queries * cell))))
     per_rescored = candidates * dim * (_F32 * 2 + 2) + candidates * _F32 * 2
     rerank = max(1, min(n_queries, int(avail // per_rescored)))
     return Blocks(queries=queries, keys=keys, rerank=rerank)
+
+
+def _balanced(n: int, most: int) -> int:
+    """Rows per block when ``n`` rows are cut into equal blocks of at most ``most`` (9845 + 155
+    would waste the second block's matrix product)."""
+    blocks = math.ceil(n / max(1, min(n, most))) if n else 1
+    return max(1, math.ceil(n / blocks))
 
 
 def _prepare(
@@ -108,6 +115,21 @@ def _as_center(center: np.ndarray | None, device: torch.device) -> torch.Tensor 
     if center is None:
         return None
     return torch.as_tensor(np.asarray(center, dtype=np.float32), device=device)
+
+
+class _Rows:
+    """Some rows of an array, indexed like an array of just those rows: a block is copied when
+    it is read, so 190k of 200k rows are never copied at once."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray) -> None:
+        self.array, self.rows = array, np.asarray(rows, dtype=np.int64)
+        self.ndim, self.shape = 2, (len(self.rows), array.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: slice | np.ndarray) -> np.ndarray:
+        return self.array[self.rows[item]]
 
 
 def _check(queries: np.ndarray, keys: np.ndarray, k: int, exclude: np.ndarray | None) -> None:
@@ -133,13 +155,17 @@ def knn(
     precision: KnnPrecision = "float32",
     rerank: int = 16,
     device: str | torch.device = "cpu",
+    key_rows: np.ndarray | None = None,
 ) -> Neighbours:
     """The ``k`` nearest keys of every query, exactly, within ``memory_bytes`` of working set.
 
     ``center`` is subtracted from both sides first (cosine of centred vectors; distances do not
     change, but their float32 expansion loses less). ``exclude[i]`` names a key that query ``i``
-    may not match (its own row when queries are keys; -1 for none).
+    may not match (its own row when queries are keys; -1 for none). ``key_rows`` searches only
+    those rows of ``keys``; indices (and ``exclude``) then count within them.
     """
+    if key_rows is not None:
+        keys = _Rows(keys, key_rows)
     _check(queries, keys, k, exclude)
     device = torch.device(device)
     candidates = min(

@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from housegan.config import EvaluateSettings
-from housegan.evaluate.knn import knn
+from housegan.evaluate.knn import Neighbours, knn
 
 ThresholdSource = Literal["calibrated", "fixed"]
 
@@ -81,7 +81,8 @@ def _search(
     cfg: EvaluateSettings,
     device: str,
     exclude: np.ndarray | None = None,
-):
+    key_rows: np.ndarray | None = None,
+) -> Neighbours:
     return knn(
         queries,
         keys,
@@ -89,6 +90,7 @@ def _search(
         metric="cosine",
         center=center,
         exclude=exclude,
+        key_rows=key_rows,
         memory_bytes=cfg.knn_memory_mb * 2**20,
         precision=cfg.knn_precision,
         rerank=cfg.knn_rerank,
@@ -100,7 +102,7 @@ def calibrate(
     real: np.ndarray, rows: Split, center: np.ndarray, cfg: EvaluateSettings, device: str = "cpu"
 ) -> tuple[float, ThresholdSource, np.ndarray]:
     """(threshold, how it was set, the held-out photos' nearest-neighbour cosines)."""
-    found = _search(real[rows.holdout], real[rows.rest], center, cfg, device)
+    found = _search(real[rows.holdout], real, center, cfg, device, key_rows=rows.rest)
     holdout_cosine = found.values[:, 0]
     if cfg.copy_threshold is not None:
         return float(cfg.copy_threshold), "fixed", holdout_cosine
