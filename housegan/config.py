@@ -372,6 +372,68 @@ class EvaluateSettings(BaseModel):
     )
 
 
+class Ec2Settings(BaseModel):
+    """The EC2 GPU worker (`housegan ec2 up|down|status`) and the spot-notice poller.
+
+    The worker is a Prefect process worker polling ``pool``; it gets AWS credentials from its
+    instance profile only, so nothing here (or in its user data) is a secret.
+    """
+
+    region: str | None = Field(None, description="default: boto3's (AWS_DEFAULT_REGION, profile)")
+    endpoint_url: str | None = Field(
+        None, description="EC2/IAM API endpoint (tests); default: boto3's, AWS_ENDPOINT_URL_EC2"
+    )
+    ami: str | None = Field(
+        None, description="AMI id or 'resolve:ssm:<parameter>' of a GPU image (Deep Learning AMI)"
+    )
+    launch_template: str | None = Field(
+        None, description="launch template id (lt-...) or name; what it sets, up need not"
+    )
+    launch_template_version: str = Field("$Default", description="'$Default', '$Latest' or N")
+    instance_type: str = "g5.xlarge"
+    market: Literal["on-demand", "spot"] = "on-demand"
+    spot_max_price: str | None = Field(None, description="USD/hour; None: up to on-demand price")
+    instance_profile: str | None = Field(
+        None, description="IAM instance profile name or ARN: the worker's only AWS credentials"
+    )
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    key_name: str | None = Field(None, description="EC2 key pair for SSH; None: no key")
+    name: str = Field("housegan-gpu-worker", description="the instances' Name tag")
+    tags: dict[str, str] = Field(default_factory=dict, description="extra tags on instances")
+    pool: str = Field("gpu", description="the Prefect work pool the worker polls")
+    idle_minutes: int = Field(
+        30, ge=1, description="terminate after this long with no flow run in progress"
+    )
+    # what the worker connects to (None: the top-level values / PREFECT_API_URL of `up`)
+    prefect_api_url: str | None = None
+    mlflow_tracking_uri: str | None = None
+    store_uri: str | None = None
+    # what the worker installs
+    source: str | None = Field(
+        None, description="a git URL (cloned at source_ref) or a wheel URI (s3:// or https://)"
+    )
+    source_ref: str = Field("main", description="git branch, tag or commit")
+    constraints_uri: str | None = Field(
+        None, description="pip constraints (s3:// or https://); default: the checkout's file"
+    )
+    python: str = Field("python3.11", description="interpreter of the worker's venv")
+    template_dir: Path | None = Field(
+        None, description="user-data templates; default: deployments/ec2 of this checkout"
+    )
+    # spot interruption notices, polled on the worker while training runs
+    spot_poll_url: str | None = Field(
+        None, description="instance metadata base URL (the worker sets it on spot); None: off"
+    )
+    spot_poll_interval_s: float = Field(5.0, gt=0, description="AWS suggests every 5 s")
+    spot_poll_timeout_s: float = Field(2.0, gt=0)
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> Ec2Settings:
+        """A validated copy with the non-None ``overrides`` applied (CLI flags)."""
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        return type(self).model_validate({**self.model_dump(), **given})
+
+
 class Settings(BaseSettings):
     """Everything a housegan run can be told."""
 
@@ -405,6 +467,7 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
     app: AppSettings = AppSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
+    ec2: Ec2Settings = Ec2Settings()
 
     @field_validator("key_pattern")
     @classmethod

@@ -16,11 +16,13 @@ rates or takes a new snapshot; metrics and sample grids go to a ``Reporter``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,6 +59,18 @@ class TrainingDiverged(RuntimeError):
     """The guard rolled back more often than ``guard_max_rollbacks`` allows."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """A stop was requested (``stop_requested``, e.g. a spot interruption notice): the loop
+    wrote a checkpoint of ``step`` and stopped; ``resume`` continues from it."""
+
+    def __init__(self, step: int, checkpoint_uri: str) -> None:
+        super().__init__(
+            f"training stopped on request at step {step} (spot interruption notice?); "
+            f"checkpoint {checkpoint_uri or '(written by rank 0)'}; resume continues from it"
+        )
+        self.step, self.checkpoint_uri = step, checkpoint_uri
+
+
 @dataclass(frozen=True)
 class TrainResult:
     out_dir: str  # URI of the run folder: checkpoints/, g_ema.safetensors, model.json
@@ -82,11 +96,15 @@ def train(
     reporter: Reporter | None = None,
     storage_options: Mapping[str, Any] | None = None,
     d_loss_hook: LossHook | None = None,
+    stop_requested: threading.Event | None = None,
 ) -> TrainResult:
     """Train on a prepared dataset; ``resume`` continues from the newest checkpoint in out_dir.
 
     Under ``torchrun`` every rank calls this; rank 0 reports and writes files. ``d_loss_hook``
     sees (step, D loss) before the update: fault drills (``housegan.testing.faults``) use it.
+    Once ``stop_requested`` is set, the loop checkpoints and raises ``TrainingInterrupted``;
+    with ``ec2.spot_poll_url`` configured (the EC2 GPU worker on spot), rank 0 sets it on a
+    spot interruption notice.
     """
     trainer = Trainer(
         dataset_uri,
@@ -95,13 +113,24 @@ def train(
         reporter=reporter,
         storage_options=storage_options,
         d_loss_hook=d_loss_hook,
+        stop_requested=stop_requested,
     )
     try:
-        if resume:
-            trainer.resume()
-        return trainer.run()
+        with _spot_watch(trainer):
+            if resume:
+                trainer.resume()
+            return trainer.run()
     finally:
         ddp.teardown(trainer.dist)
+
+
+def _spot_watch(trainer: Trainer) -> contextlib.AbstractContextManager[Any]:
+    """Rank 0 polls for spot notices when configured; the others follow its decision."""
+    if not trainer.dist.is_main:
+        return contextlib.nullcontext()
+    from housegan.ec2 import spot_watch
+
+    return spot_watch(trainer.stop_requested)
 
 
 class IndexSampler:
@@ -155,9 +184,11 @@ class Trainer:
         reporter: Reporter | None = None,
         storage_options: Mapping[str, Any] | None = None,
         d_loss_hook: LossHook | None = None,
+        stop_requested: threading.Event | None = None,
     ) -> None:
         self.cfg, self.storage_options = cfg, storage_options
         self.d_loss_hook = d_loss_hook
+        self.stop_requested = stop_requested or threading.Event()
         self.out_dir = storage.normalize_uri(out_dir)
         self.dist, self.device = ddp.setup(cfg.device)
         self.reporter = reporter if self.dist.is_main else None
@@ -332,12 +363,16 @@ class Trainer:
                 self.step % cfg.checkpoint_every_steps == 0
             )
             snapshot_due = self.step % cfg.snapshot_every == 0
-            if not (log_due or checkpoint_due or snapshot_due or self.step == self.total_steps):
+            # A stop request is seen at once alone; under DDP at the next agreement (log step).
+            stop_due = not self.dist.enabled and self.stop_requested.is_set()
+            due = log_due or checkpoint_due or snapshot_due or stop_due
+            if not (due or self.step == self.total_steps):
                 continue
-            bad, time_up, checkpoint_time = self._agree(
+            bad, time_up, checkpoint_time, stop = self._agree(
                 bool(self._bad),
                 cfg.max_minutes is not None and self.train_seconds >= cfg.max_minutes * 60,
                 now - last_checkpoint >= cfg.checkpoint_every_minutes * 60,
+                self.stop_requested.is_set(),
             )
             if bad:
                 self._rollback(snapshot)
@@ -349,9 +384,11 @@ class Trainer:
                 last_log, log_nimg = now, self.nimg
             if snapshot_due and self.reporter:
                 self.reporter.image("samples", self.sample_grid(), self.step)
-            if checkpoint_due or checkpoint_time:
+            if checkpoint_due or checkpoint_time or stop:
                 self.save_checkpoint(snapshot)  # the state just taken: no second gather
                 last_checkpoint = time.monotonic()
+            if stop:
+                raise TrainingInterrupted(self.step, self.last_checkpoint)
             if time_up:
                 break
         return self._finish(time.monotonic() - started, self.nimg - start_nimg)
