@@ -367,8 +367,8 @@ class EvaluateSettings(BaseModel):
         0.05, ge=0, le=1, description="candidate FD may exceed the champion's by this fraction"
     )
     kid_tolerance: float = Field(0.05, ge=0, le=1, description="same, for KID")
-    kid_tolerance_abs: float = Field(
-        1e-3, ge=0, description="KID slack when the champion's KID is near zero"
+    kid_std_slack: float = Field(
+        1.0, ge=0, description="KID may also exceed the champion's by this many of its std devs"
     )
 
 

@@ -67,7 +67,7 @@ def test_noise_gets_a_large_fd_and_no_precision(results) -> None:
     noise, fresh = results["noise"].metrics, results["fresh"].metrics
     assert noise["precision"] < 0.05 and noise["recall"] < 0.05
     assert noise["fd"] > 5 * fresh["fd"]
-    assert noise["kid"] > 10 * max(abs(fresh["kid"]), 1e-3)
+    assert noise["kid"] > 20 * abs(fresh["kid"])
     assert noise["copy_rate"] == 0.0
 
 
@@ -166,3 +166,49 @@ def test_cells_unknown_to_the_model_are_left_out_and_none_shared_is_an_error(dat
     assert sampling.cells(vocab, dataset) == [("boston", "exterior")]
     with pytest.raises(ValueError, match="share no cell"):
         sampling.cells({"city": ["paris"], "image_type": ["exterior"]}, dataset)
+
+
+@pytest.mark.slow
+def test_a_briefly_trained_gan_lands_between_the_memorizer_and_noise(tmp_path, embedder) -> None:
+    from housegan.config import GanSettings
+    from housegan.gan import serving
+    from housegan.gan.data import load_packed, prepare
+    from housegan.gan.train import train
+    from housegan.testing.evaluation import write_photos
+
+    manifest = write_photos(tmp_path, per_class=32)
+    dataset_uri = prepare(str(manifest), (tmp_path / "store").as_uri(), 32).uri
+    # The smallest GAN that learns these classes on a CPU in ~20 s (320 steps).
+    cfg = GanSettings(
+        image_size=32,
+        width=8,
+        batch_size=16,
+        z_dim=32,
+        embed_dim=16,
+        g_lr=2e-4,
+        d_lr=8e-4,
+        steps=320,
+        log_every=40,
+        snapshot_every=10_000,
+        device="cpu",
+        cpu_threads=2,
+    )
+    train(dataset_uri, str(tmp_path / "run"), cfg)
+    model = serving.load_generator(tmp_path / "run")
+    dataset = load_packed(dataset_uri)
+    sources = {
+        "trained": sampling.generator_source(model),
+        "memorizer": Memorizer(dataset),
+        "noise": Noise(32),
+    }
+    m = {
+        name: _evaluate(source, dataset, embedder, tmp_path / name).metrics
+        for name, source in sources.items()
+    }
+    trained, copier, noise = m["trained"], m["memorizer"], m["noise"]
+    assert copier["copy_rate"] == pytest.approx(1.0) and trained["copy_rate"] <= 0.2
+    assert copier["fd"] < trained["fd"] < noise["fd"]
+    assert copier["kid"] < trained["kid"] < noise["kid"]
+    assert noise["precision"] < trained["precision"] < copier["precision"]
+    assert noise["coverage"] < trained["coverage"] < copier["coverage"]
+    assert trained["cond_acc_city"] > 0.8 > noise["cond_acc_city"]

@@ -144,11 +144,14 @@ def test_promotion_and_rollback_move_aliases_exactly(settings, dataset_uri, mode
 
 
 def test_gate_allows_the_configured_tolerance_and_no_more() -> None:
-    champion = {"fd": 10.0, "kid": 0.0}
+    champion = {"fd": 10.0, "kid": 0.0, "kid_std": 0.001}
     bars = promote.thresholds(EVALUATE, champion)
     assert bars["copy_rate"] == (EVALUATE.max_copy_rate, False)
     assert bars["fd"] == pytest.approx((10.0 * (1 + EVALUATE.fd_tolerance), False))
-    assert bars["kid"] == pytest.approx((EVALUATE.kid_tolerance_abs, False))
+    assert bars["kid"] == pytest.approx((EVALUATE.kid_std_slack * 0.001, False))
+    assert promote.thresholds(EVALUATE, {"fd": 1.0, "kid": 0.1})["kid"][0] == pytest.approx(
+        0.1 * (1 + EVALUATE.kid_tolerance)
+    )
     ok = {"copy_rate": 0.0, "fd": 10.4, "kid": 0.0005}
     assert tracking.check_thresholds(ok, bars) is None
     assert "fd" in tracking.check_thresholds({**ok, "fd": 10.6}, bars)

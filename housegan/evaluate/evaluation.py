@@ -174,8 +174,6 @@ def _fidelity(
 ) -> tuple[dict[str, float | None], pd.DataFrame]:
     """FD and KID overall and per city; precision/recall/density/coverage overall."""
     reference = _reference(len(real), cfg)
-    scale = _kid_scale(real.features[reference], center)
-    gen = (generated.features.astype(np.float32) - center) * scale
     rows, overall = [], None
     for code, city in enumerate(real.cities):
         real_rows = np.flatnonzero(real.city == code)
@@ -187,7 +185,7 @@ def _fidelity(
         if len(gen_rows) == 0:
             continue
         city_ref = real_rows[_reference(len(real_rows), cfg, salt=code + 1)]
-        kid_mean, kid_std = _kid(gen[gen_rows], real.features[city_ref], center, scale, cfg)
+        kid_mean, kid_std = _kid(generated.features[gen_rows], real.features[city_ref], cfg)
         fd = (
             fidelity.frechet_distance(generated.features[gen_rows], stats)
             if len(real_rows) > 1
@@ -203,7 +201,7 @@ def _fidelity(
                 "n_real": len(real_rows),
             }
         )
-    kid_mean, kid_std = _kid(gen, real.features[reference], center, scale, cfg)
+    kid_mean, kid_std = _kid(generated.features, real.features[reference], cfg)
     scores = fidelity.prdc(
         real.features[reference],
         generated.features,
@@ -231,24 +229,14 @@ def _fidelity(
 
 
 def _kid(
-    gen_scaled: np.ndarray,
-    real: np.ndarray,
-    center: np.ndarray,
-    scale: float,
-    cfg: EvaluateSettings,
+    generated: np.ndarray, real: np.ndarray, cfg: EvaluateSettings
 ) -> tuple[float | None, float | None]:
-    if min(len(gen_scaled), len(real)) < 2:
+    """KID on the features as they are, torch-fidelity's way. Not centred or rescaled: that
+    turns its cubic kernel toward feature norms, and on random-init VGG16 features it then
+    ranked uniform noise above a trained GAN."""
+    if min(len(generated), len(real)) < 2:
         return None, None
-    real_scaled = (real.astype(np.float32) - center) * scale
-    return fidelity.kid(gen_scaled, real_scaled, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
-
-
-def _kid_scale(reference: np.ndarray, center: np.ndarray) -> float:
-    """Makes centred real features unit-variance on average per dimension: KID's kernel
-    ``(x.y / d + 1)^3`` assumes O(1) entries, and random-init fc7 entries are far smaller (its
-    value would hardly move between a good model and noise)."""
-    spread = float(np.mean(np.square(reference.astype(np.float32) - center)))
-    return 1.0 / max(np.sqrt(spread), 1e-12)
+    return fidelity.kid(generated, real, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
 
 
 def _cell_table(

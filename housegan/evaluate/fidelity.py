@@ -1,9 +1,9 @@
 """Fidelity and diversity on embedder features: Fréchet distance, KID, precision/recall
 (k-NN manifolds, Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020).
 
-Features are the curation embedder's (no Inception weights can be downloaded here), centred on
-the real mean: distances, and so FD and the k-NN metrics, do not change, while KID's cubic
-kernel is no longer dominated by the direction every random-init VGG vector shares.
+Features are the curation embedder's (no Inception weights can be downloaded here). The k-NN
+metrics centre them on the real mean first: distances do not change, but their float32
+expansion loses less (random-init VGG16 vectors share one large direction).
 
 - KID is torch-fidelity's unbiased estimator (``kid_features_to_metric``).
 - FD is computed here, with the same formula as torch-fidelity's ``fid_statistics_to_metric``

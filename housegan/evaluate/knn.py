@@ -32,6 +32,9 @@ KnnPrecision = Literal["float32", "bfloat16"]
 _F32 = 4
 _I64 = 8
 _SMALL = 64 * 1024  # norms, masks and other per-block vectors
+# The allocator keeps freed blocks and fragments: plan for this share of the budget (measured:
+# the process's peak RSS stayed under the budget at 5k x 50k x 4096).
+_ALLOCATOR_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def plan_blocks(
     """
     # the running best, and a merge's concatenation, top-k and gathered copies of a block of it
     fixed = n_queries * candidates * (_F32 + _I64) * 4 + _SMALL
-    avail = memory_bytes - fixed
+    avail = memory_bytes * _ALLOCATOR_SHARE - fixed
     row = dim * (_F32 + (2 if precision == "bfloat16" else 0))  # one prepared row
     cell = _bytes_per_value(precision) + _F32  # one product entry (+ float32 view on merge)
     if avail < 2 * row + cell:

@@ -7,7 +7,8 @@ bars are MLflow ``MetricThreshold``s checked by ``mlflow.validate_evaluation_res
 
 - ``copy_rate <= evaluate.max_copy_rate``, always: a copier is never promoted;
 - ``fd <= champion's fd * (1 + fd_tolerance)`` and ``kid <= champion's kid +
-  max(kid_tolerance * |kid|, kid_tolerance_abs)``, when there is a champion.
+  max(kid_tolerance * |kid|, kid_std_slack * kid_std)``, when there is a champion (KID is
+  unbiased but noisy: near zero, a relative tolerance alone would gate on its noise).
 
 Passing moves ``champion`` to the candidate and the old champion to ``previous``; failing sets
 ``challenger`` on the candidate. Either way the version gets ``promotion.decision`` and
@@ -63,7 +64,8 @@ def thresholds(
         bars["fd"] = (float(champion["fd"]) * (1.0 + cfg.fd_tolerance), False)
     if champion.get("kid") is not None:
         kid = float(champion["kid"])
-        bars["kid"] = (kid + max(cfg.kid_tolerance * abs(kid), cfg.kid_tolerance_abs), False)
+        noise = cfg.kid_std_slack * float(champion.get("kid_std") or 0.0)
+        bars["kid"] = (kid + max(cfg.kid_tolerance * abs(kid), noise), False)
     return bars
 
 
