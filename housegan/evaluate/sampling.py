@@ -10,6 +10,8 @@ are cached per (dataset id, embedder tag): a dataset is immutable, and so are it
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -196,11 +198,14 @@ def real_sample(
 def _read_cached(
     uri: str | None, n: int, dim: int, storage_options: Mapping[str, Any] | None
 ) -> np.ndarray | None:
-    from safetensors.numpy import load
+    from safetensors.numpy import load, load_file
 
     if uri is None or not storage.exists(uri, storage_options):
         return None
-    vectors = load(storage.read_bytes(uri, storage_options))["features"]
+    if storage.is_local(uri):  # straight from disk: no second in-memory copy (1.6 GB at 200k)
+        vectors = load_file(storage.local_path(uri))["features"]
+    else:
+        vectors = load(storage.read_bytes(uri, storage_options))["features"]
     # A cache of another shape is stale (it cannot be: ids are content hashes); recompute.
     return vectors if vectors.shape == (n, dim) else None
 
@@ -212,8 +217,18 @@ def _write_cached(
     tag: str,
     storage_options: Mapping[str, Any] | None,
 ) -> None:
-    from safetensors.numpy import save
+    from safetensors.numpy import save, save_file
 
     metadata = {"format": FEATURES_FORMAT, "dataset_id": dataset_id, "model_tag": tag}
-    data = save({"features": np.ascontiguousarray(vectors)}, metadata=metadata)
-    storage.write_bytes_atomic(uri, data, storage_options)
+    tensors = {"features": np.ascontiguousarray(vectors)}
+    if not storage.is_local(uri):
+        storage.write_bytes_atomic(uri, save(tensors, metadata=metadata), storage_options)
+        return
+    path = storage.local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:  # renamed into place whole: a crash never leaves half a cache
+        save_file(tensors, partial, metadata=metadata)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
