@@ -158,13 +158,42 @@ def test_page_names_the_model_version_training_set_and_synthetic_notice(app_env)
     at = page("generate").run()
     no_traceback(at)
     assert any("synthetic" in info.value for info in at.info)
-    facts = at.table[0].value
-    values = dict(zip(facts[""], facts["value"], strict=True))
+    values = at.table[0].value["value"].to_dict()
     assert values["version"] == app_env.version
     assert values["training set"] == app_env.dataset_id
     assert values["training run"] == app_env.run_id
     metrics = at.dataframe[0].value
     assert "loss/g" in set(metrics["metric"])
+    assert any("No evaluation run" in caption.value for caption in at.caption)
+
+
+@pytest.fixture
+def evaluation_run(app_env) -> Iterator[dict[str, float]]:
+    """An evaluation nested under the champion's training run (as housegan.evaluate logs it)."""
+    import mlflow
+
+    metrics = {"copy_rate": 0.0, "copy_threshold": 0.999, "fd": 12.5, "kid": 0.01}
+    mlflow.set_tracking_uri(app_env.tracking_uri)
+    experiment_id = mlflow.get_run(app_env.run_id).info.experiment_id
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name="evaluate",
+        parent_run_id=app_env.run_id,
+        tags={"stage": "evaluate"},
+    ) as run:
+        mlflow.log_metrics(metrics)
+    yield metrics
+    mlflow.MlflowClient(app_env.tracking_uri).delete_run(run.info.run_id)
+
+
+def test_page_shows_the_evaluation_and_judges_each_image_by_its_copy_threshold(
+    app_env, evaluation_run, served
+) -> None:
+    at, _ = generate(7, served, n=2)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["copy rate"] == "0" and shown["FD"] == "12.5"
+    nearest = [i.captions[0] for i in at.image if i.captions[0].startswith("nearest real")]
+    assert all("copy threshold 0.999, below: new" in caption for caption in nearest)
 
 
 def test_missing_champion_shows_a_message_not_a_traceback(app_env, monkeypatch) -> None:
@@ -192,8 +221,7 @@ def test_model_folder_renders_too(app_env, monkeypatch, served) -> None:
     at = page("generate").run()
     no_traceback(at)
     assert len(synthetic_images(at, served)) == 4
-    facts = at.table[0].value
-    assert dict(zip(facts[""], facts["value"], strict=True))["training set"] == app_env.dataset_id
+    assert at.table[0].value["value"]["training set"] == app_env.dataset_id
 
 
 def test_unreachable_mlflow_shows_an_error(app_env, monkeypatch) -> None:

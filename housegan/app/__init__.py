@@ -29,5 +29,6 @@ def streamlit_args(host: str, port: int) -> list[str]:
         f"--server.port={port}",
         "--server.fileWatcherType=none",
         "--browser.gatherUsageStats=false",
+        "--client.toolbarMode=viewer",
         "--global.developmentMode=false",
     ]

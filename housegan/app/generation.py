@@ -12,8 +12,10 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from housegan import storage
@@ -174,6 +176,51 @@ def grid_png(pictures: Sequence[Image.Image]) -> bytes:
 
 def download_name(city: str, image_type: str, seed: int, n: int) -> str:
     return f"housegan-{city}-{image_type}-seed{seed}-n{n}.png"
+
+
+# The evaluation's summary metrics (housegan.evaluate), in the order the page shows them.
+HEADLINE_METRICS = {
+    "copy_rate": "copy rate",
+    "fd": "FD",
+    "kid": "KID",
+    "precision": "precision",
+    "recall": "recall",
+    "cond_acc_city": "city accuracy",
+    "cond_acc_type": "type accuracy",
+}
+COPY_THRESHOLD = "copy_threshold"
+
+
+def facts(card: ModelCard) -> pd.DataFrame:
+    """What the model is: the URI asked for, its version, training set and run."""
+    rows = {
+        "model": card.requested_uri,
+        "version": card.version or "-",
+        "training set": card.dataset_id or "-",
+        "training run": card.run_id or "-",
+    }
+    return pd.DataFrame({"value": list(rows.values())}, index=list(rows))
+
+
+def headline_metrics(card: ModelCard) -> dict[str, float]:
+    """The evaluation's summary metrics the card has, by display name."""
+    return {
+        label: card.evaluation[name]
+        for name, label in HEADLINE_METRICS.items()
+        if name in card.evaluation
+    }
+
+
+def match_caption(match: Any, card: ModelCard) -> str:
+    """``nearest real: cosine 0.812 (austin, exterior, #17)``, and when the model's evaluation
+    calibrated a copy threshold, whether this image is past it."""
+    where = f"{match.city}, {match.image_type}, #{match.index}"
+    text = f"nearest real: cosine {match.cosine:.3f} ({where})"
+    threshold = card.evaluation.get(COPY_THRESHOLD)
+    if threshold is None:
+        return text
+    verdict = "above: a likely copy" if match.cosine > threshold else "below: new"
+    return f"{text} · copy threshold {threshold:.3f}, {verdict}"
 
 
 def metric_rows(card: ModelCard) -> list[tuple[str, str, float]]:

@@ -71,7 +71,8 @@ def with_retrained(curated: pd.DataFrame, retrained: pd.DataFrame | None) -> pd.
     out = curated.copy()
     known = out["sha256"].isin(by_sha.index)
     for column in RETRAINED_COLUMNS:
-        out.loc[known, column] = out.loc[known, "sha256"].map(by_sha[column])
+        # A whole new column: the classifier's float64 must not be squeezed into float32.
+        out[column] = out["sha256"].map(by_sha[column]).where(known, out[column])
     return out
 
 

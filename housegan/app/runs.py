@@ -14,6 +14,15 @@ from housegan.config import Settings
 from housegan.curate import STAGES as FUNNEL_STAGES
 
 TRAIN_METRICS = ("progress/kimg", "loss/g", "loss/d")
+# The training-run metrics worth comparing between models (the rest are in MLflow).
+COMPARED_TRAINING = (
+    "progress/kimg",
+    "loss/g",
+    "loss/d",
+    "d/real",
+    "d/fake",
+    "speed/img_per_s",
+)
 CHAMPION, PREVIOUS = "champion", "previous"
 
 
@@ -89,13 +98,16 @@ def funnel_totals(run: Any) -> pd.DataFrame:
 
 
 def compare_versions(champion: Any, previous: Any | None) -> pd.DataFrame:
-    """Champion's metrics beside the previous model's (``tracking.VersionSummary``):
-    evaluation metrics first, then the training run's; ``change`` = champion - previous."""
+    """Champion's metrics beside the previous model's (``tracking.VersionSummary``): every
+    evaluation metric, then the main training ones; ``change`` = champion - previous."""
     rows = []
     for source in ("evaluation", "metrics"):
         ours = getattr(champion, source)
         theirs = getattr(previous, source) if previous is not None else {}
-        for name in sorted(set(ours) | set(theirs)):
+        names = sorted(set(ours) | set(theirs))
+        if source == "metrics":
+            names = [name for name in COMPARED_TRAINING if name in names]
+        for name in names:
             a, b = ours.get(name), theirs.get(name)
             rows.append(
                 {

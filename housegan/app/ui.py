@@ -39,26 +39,35 @@ def model(load_uri: str, tracking_uri: str, device: str) -> Any:
 
 
 @st.cache_resource(show_spinner="Building the embedder...", max_entries=1)
-def _embedder(cfg_json: str) -> Any:
-    return novelty.build_embedder(EmbedSettings.model_validate_json(cfg_json))
-
-
-def embedder(cfg: EmbedSettings) -> Any:
-    return _embedder(cfg.model_dump_json())
-
-
-@st.cache_resource(show_spinner="Embedding the training set once (cached)...", max_entries=2)
-def _real_set(store_uri: str, dataset_id: str, cfg_json: str, options_json: str) -> Any:
+def _embedder(cfg_json: str, options_json: str) -> Any:
     cfg = EmbedSettings.model_validate_json(cfg_json)
+    return novelty.build_embedder(cfg, json.loads(options_json))
+
+
+def embedder(current: Settings) -> Any:
+    """The curation embedder, built once per process."""
+    return _embedder(current.embed.model_dump_json(), options_json(current))
+
+
+@st.cache_resource(show_spinner="Embedding the training set (once; cached)...", max_entries=2)
+def _real_set(
+    store_uri: str, dataset_id: str, cfg_json: str, options_json: str, cache: bool
+) -> Any:
     return novelty.load_real_set(
-        store_uri, dataset_id, _embedder(cfg_json), cfg, json.loads(options_json)
+        store_uri, dataset_id, _embedder(cfg_json, options_json), cache, json.loads(options_json)
     )
 
 
 def real_set(current: Settings, dataset_id: str) -> novelty.RealSet:
-    """The training set ``dataset_id`` with its features: embedded once per process."""
-    options = json.dumps(current.storage_options(), sort_keys=True)
-    return _real_set(current.store_uri, dataset_id, current.embed.model_dump_json(), options)
+    """The training set ``dataset_id`` with its features: loaded once per process, embedded
+    once per store (the evaluation's feature cache)."""
+    return _real_set(
+        current.store_uri,
+        dataset_id,
+        current.embed.model_dump_json(),
+        options_json(current),
+        current.evaluate.cache_features,
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

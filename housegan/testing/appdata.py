@@ -191,3 +191,42 @@ def write_curated_store(
     table = manifest.to_table(clusters, cluster.cluster_schema(dim))
     storage.write_parquet(table, storage.join(run_uri, "clusters.parquet"))
     return photos
+
+
+def log_history(model: TinyModel) -> TinyModel:
+    """What a few refreshes leave in MLflow: a curate run (funnel metrics and table), a second
+    version of the model trained on the same data, an evaluation nested under each training run;
+    the new version becomes ``champion``, the first ``previous``. Returns the champion."""
+    from housegan import storage, tracking
+    from housegan.curate import STAGES
+
+    uri, experiment = model.tracking_uri, model.experiment
+    funnel = {stage: 1443 - 90 * i for i, stage in enumerate(STAGES)}
+    with tracking.start_run(uri, experiment, "curate", tags={"housegan.stage": "curate"}):
+        tracking.log_metrics({f"funnel.{stage}": count for stage, count in funnel.items()})
+        rows = [{"city": "ALL", "image_type": "ALL", **funnel}]
+        tracking.log_table(pd.DataFrame(rows), "funnel.json")
+    tags = {"stage": "train", "dataset_id": model.dataset_id}
+    with tracking.start_run(uri, experiment, f"cgan-{model.dataset_id}-r32", tags=tags) as run:
+        tracking.log_metrics({"loss/g": 1.1, "loss/d": 1.9, "progress/kimg": 0.032})
+        info = tracking.log_generator_model(str(model.out_dir), MODEL_NAME)
+    version = str(info.registered_model_version)
+    evaluations = {model.run_id: (0.0, 40.0, 0.03), run.info.run_id: (0.0, 31.5, 0.02)}
+    for parent, (copy_rate, fd, kid) in evaluations.items():
+        nested = {"mlflow.parentRunId": parent, "stage": "evaluate"}
+        with tracking.start_run(uri, experiment, "evaluate", tags=nested):
+            tracking.log_metrics(
+                {"copy_rate": copy_rate, "copy_threshold": 0.97, "fd": fd, "kid": kid}
+            )
+    tracking.set_alias(MODEL_NAME, model.version, "previous")
+    tracking.set_alias(MODEL_NAME, version, "champion")
+    return TinyModel(
+        tracking_uri=uri,
+        store_uri=model.store_uri,
+        experiment=experiment,
+        model_uri=f"models:/{MODEL_NAME}/{version}",
+        version=version,
+        run_id=run.info.run_id,
+        dataset_id=model.dataset_id,
+        out_dir=storage.local_path(storage.normalize_uri(str(model.out_dir))),
+    )

@@ -48,7 +48,7 @@ real: novelty.RealSet | None = None
 if app.nearest_real and card.dataset_id:
     with ui.problems_shown(settings):
         real = ui.real_set(settings, card.dataset_id)
-        matches = novelty.nearest_real(ui.embedder(settings.embed), images, real, settings.embed)
+        matches = novelty.nearest_real(ui.embedder(settings), images, real, settings.evaluate)
 
 columns = st.columns(min(4, n))
 for index, picture in enumerate(pictures):
@@ -63,8 +63,7 @@ for index, picture in enumerate(pictures):
             near = generation.upscale(real.images[match.index], app.display_size, resampling)
             st.image(
                 generation.png_bytes(near),
-                caption=f"nearest real: cosine {match.cosine:.3f} "
-                f"({match.city}, {match.image_type}, #{match.index})",
+                caption=generation.match_caption(match, card),
                 output_format="PNG",
             )
 if matches is None:
@@ -80,18 +79,16 @@ st.download_button(
 )
 
 st.subheader("Model")
-facts = {
-    "model": card.requested_uri,
-    "version": card.version or "-",
-    "training set": card.dataset_id or "-",
-    "training run": card.run_id or "-",
-}
-st.table({"": list(facts), "value": list(facts.values())})
+st.table(generation.facts(card))
 if card.run_url:
     st.link_button("Training run in MLflow", card.run_url, icon=":material/open_in_new:")
-rows = generation.metric_rows(card)
-if not card.evaluation:
+headline = generation.headline_metrics(card)
+if headline:
+    for column, (label, value) in zip(st.columns(len(headline)), headline.items(), strict=True):
+        column.metric(label, f"{value:.3g}")
+else:
     st.caption("No evaluation run logged for this model yet.")
+rows = generation.metric_rows(card)
 if rows:
     st.dataframe(
         {

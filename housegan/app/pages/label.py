@@ -69,6 +69,7 @@ else:
             ui.thumbnail(photo.uri, 512, ui.options_json(settings)),
             caption=photo.key,
             output_format="PNG",
+            width="stretch",
         )
     about.markdown(
         f"**{photo.city}** · cluster {photo.cluster}  \n"
@@ -77,10 +78,10 @@ else:
         f"{labelling.margin_text(photo.type_margin)}  \n"
         f"{len(queue)} photos in the queue"
     )
-    keys = labelling.shortcut_keys()
+    keys = labelling.shortcut_keys()  # Streamlit shows each key on its button
     for image_type in IMAGE_TYPES:
         about.button(
-            f"{image_type}  [{keys[image_type]}]",
+            image_type,
             key=f"label-{image_type}",
             on_click=_record,
             args=(photo.key, photo.sha256, image_type),
@@ -89,7 +90,7 @@ else:
             width="stretch",
         )
     about.button(
-        "skip  [S]", key="skip", on_click=_skip, args=(photo.sha256,), shortcut="S", width="stretch"
+        "skip", key="skip", on_click=_skip, args=(photo.sha256,), shortcut="S", width="stretch"
     )
 
 st.divider()
