@@ -243,3 +243,17 @@ def test_streamlit_command_is_headless_on_the_given_address() -> None:
         args
     )
     assert "--browser.gatherUsageStats=false" in args
+
+
+def test_app_command_serves_the_given_model_on_the_given_port(monkeypatch) -> None:
+    from housegan.cli import main
+
+    called = {}
+
+    def execve(path, args, env):
+        called.update(path=path, args=args, env=env)
+
+    monkeypatch.setattr("os.execve", execve)
+    assert main(["app", "--model", "models:/m/2", "--port", "8777"]) == 0
+    assert called["env"]["HOUSEGAN_APP__MODEL_URI"] == "models:/m/2"
+    assert "--server.port=8777" in called["args"] and "--server.address=127.0.0.1" in called["args"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 
 from housegan.config import get_settings
 
@@ -34,4 +33,8 @@ def run(args: argparse.Namespace) -> int:
         # The app reads its settings like every other command: through HOUSEGAN_* variables.
         env["HOUSEGAN_APP__MODEL_URI"] = args.model
     print(f"housegan app on http://{settings.host}:{port}  (Ctrl-C stops it)", flush=True)
-    return subprocess.call(streamlit_args(settings.host, port), env=env)
+    args = streamlit_args(settings.host, port)
+    # Become the server: a signal meant for `housegan app` (Ctrl-C, a supervisor's SIGTERM) then
+    # reaches Streamlit itself instead of orphaning it.
+    os.execve(args[0], args, env)
+    return 0  # not reached
