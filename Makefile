@@ -28,8 +28,9 @@ demo: install
 test: install
 	$(VENV)/bin/pytest
 
+# Unit tests only: no server is started (tests/unit/conftest.py refuses a test that asks for one).
 test-fast: install
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest tests/unit
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -29,7 +29,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[1] / ".housegan" / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".housegan" / "test-artifacts"
 WAIT_MS = 120_000  # the first page view builds VGG16 and embeds the training set
 
 

@@ -15,7 +15,7 @@ import torch
 from housegan.gan import serving
 from housegan.gan.models import Generator, ModelSpec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VOCAB = {"city": ["austin", "boston"], "image_type": ["exterior", "landscape"]}
 
 

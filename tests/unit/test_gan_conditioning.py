@@ -13,7 +13,7 @@ from housegan.config import GanSettings
 from housegan.gan import serving
 from housegan.gan.data import load_packed
 from housegan.gan.train import train
-from tests.gan_helpers import prepared_dataset
+from housegan.testing.gan import prepared_dataset
 
 SAMPLES_PER_CLASS = 50
 

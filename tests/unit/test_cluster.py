@@ -7,16 +7,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from housegan import cluster
 from housegan.config import ClusterSettings
-
-
-def collinear_blobs(n_per: int, k: int, dim: int = 256, seed: int = 0):
-    """Vectors like random-init VGG features: a huge shared component, small class offsets."""
-    rng = np.random.default_rng(seed)
-    shared = rng.normal(size=dim) * 20
-    centres = rng.normal(size=(k, dim))
-    truth = np.repeat(np.arange(k), n_per)
-    vectors = shared + centres[truth] + rng.normal(scale=0.3, size=(len(truth), dim))
-    return vectors.astype(np.float32), truth
+from housegan.testing.curation import collinear_blobs
 
 
 def test_collinear_features_cluster_by_class_after_centring():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from housegan.config import get_settings
-from tests.gan_helpers import configure_tiny_gan, write_photos
+from housegan.testing.gan import configure_tiny_gan, write_photos
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from housegan.gan import checkpoint, ddp, serving
 from housegan.gan.augment import DiffAugment, cutout, translation
 from housegan.gan.train import IndexSampler, TrainingDiverged, train
 from housegan.testing.faults import NanLossOnce
-from tests.gan_helpers import prepared_dataset
+from housegan.testing.gan import prepared_dataset
 
 TINY = {
     "image_size": 32,

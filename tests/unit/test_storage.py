@@ -35,16 +35,6 @@ def test_manifest_missing_column_is_a_clear_error():
         manifest.to_table(pd.DataFrame({"key": ["a"]}), manifest.IMAGE_MANIFEST_SCHEMA)
 
 
-def test_pointer_on_s3_round_trips(settings: Settings):
-    collection = storage.join(settings.source_uri.replace("/raw", "/store"), "m")
-    opts = settings.storage_options()
-    assert storage.read_pointer(collection, opts) is None
-    storage.write_bytes_atomic(storage.join(collection, "v1.bin"), b"x", opts)
-    storage.publish_pointer(collection, "v1.bin", {"rows": 1}, opts)
-    pointer = storage.read_pointer(collection, opts)
-    assert pointer["version"] == "v1.bin" and pointer["rows"] == 1
-
-
 def test_settings_env_overrides_yaml(tmp_path, monkeypatch):
     (tmp_path / "housegan.yaml").write_text(
         "store_uri: s3://from-yaml/store\nimages:\n  min_side: 10\n"

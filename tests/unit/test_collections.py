@@ -11,7 +11,6 @@ import pytest
 
 from housegan import collections, storage
 from housegan.collections import Index, PartsCollection, VersionedCollection
-from housegan.config import Settings
 
 SCHEMA = pa.schema(
     [
@@ -227,20 +226,3 @@ def test_folder_of_parts_written_before_indexes_is_read_and_taken_over(
 
 
 # --- on S3 ------------------------------------------------------------------------------------
-
-
-@pytest.mark.integration
-def test_both_collections_on_s3(settings: Settings, bucket: str):
-    options = settings.storage_options()
-    versions = VersionedCollection(f"s3://{bucket}/store/m", storage_options=options)
-    old = versions.put_table(rows(("a", 1, "ok")))
-    versions.write_version(b"an unpublished version")
-    assert versions.latest() == old and as_dict(versions.read_table()) == {"a": 1}
-
-    parts = PartsCollection(f"s3://{bucket}/store/scores", "sha256", SCHEMA, options)
-    assert parts.index() is None
-    parts.publish([parts.append(rows(("a", 1, "ok"), ("b", 2, "ok")))])
-    parts.append(rows(("c", 3, "ok")))  # unpublished
-    parts.publish([parts.append(rows(("b", 20, "ok")))])
-    assert as_dict(parts.read(dedupe=True)) == {"a": 1, "b": 20}
-    assert as_dict(parts.read(keys=["b"], dedupe=True)) == {"b": 20}

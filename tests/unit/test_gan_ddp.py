@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from housegan.gan import checkpoint
-from tests.gan_helpers import prepared_dataset
+from housegan.testing.gan import prepared_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS, BATCH = 6, 4
 
 RANK_SCRIPT = """

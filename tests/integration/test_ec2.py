@@ -25,7 +25,7 @@ from housegan import ec2
 from housegan.cli import main
 from housegan.config import GanSettings, Settings, get_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IDLE_CHECK = REPO / "deployments" / "ec2" / "idle-check.sh"
 REGION = "us-east-1"
 # Looks like a real secret on purpose: it must never show up in user data.

@@ -7,7 +7,7 @@ import pytest
 
 from housegan import curate, manifest, storage
 from housegan.config import get_settings
-from tests.test_curate import build_world
+from housegan.testing.curation import build_world
 
 
 def clusters_runs(store: str) -> list[str]:

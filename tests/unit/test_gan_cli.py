@@ -17,9 +17,9 @@ from housegan.cli import main
 from housegan.config import get_settings
 from housegan.gan import serving
 from housegan.gan.models import Generator, ModelSpec
-from tests.gan_helpers import configure_tiny_gan, write_photos
+from housegan.testing.gan import configure_tiny_gan, write_photos
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VOCAB = {"city": ["austin", "boston"], "image_type": ["exterior", "landscape"]}
 
 

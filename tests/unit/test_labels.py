@@ -11,7 +11,7 @@ import pytest
 from housegan import curate, labels, manifest
 from housegan.cli import main
 from housegan.config import IMAGE_TYPES, ClusterSettings, CurateSettings, EmbedSettings
-from tests.test_cluster import collinear_blobs
+from housegan.testing.curation import collinear_blobs
 
 
 def write_csv(path: Path, rows: list[dict]) -> str:
@@ -168,7 +168,7 @@ def test_rows_left_blank_in_an_exported_sheet_are_skipped(tmp_path):
 
 def publish_curated(store: str, rows: int = 6) -> str:
     """A small curated manifest as ``housegan curate`` would leave it."""
-    from tests.test_curate import manifest_frame
+    from housegan.testing.curation import manifest_frame
 
     frame = manifest_frame(
         [{"key": f"c/l/{i}.jpg", "sha256": f"sha{i}", "city": "c"} for i in range(rows)]
