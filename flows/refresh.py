@@ -1,8 +1,9 @@
-"""The full refresh: source bucket -> image manifest -> curated manifest -> trained model.
+"""The full refresh: source bucket -> image manifest -> curated manifest -> trained model ->
+evaluation -> promotion (the ``champion`` alias the app serves).
 
 This is what the Prefect UI's "full-refresh" deployment runs; each stage is also a flow of its
-own (``flows.ingest``, ``flows.curate``, ``flows.train``) and shows up here as a subflow run.
-Run with ``python -m flows.refresh``.
+own (``flows.ingest``, ``flows.curate``, ``flows.train``, ``flows.evaluate``) and shows up here
+as a subflow run. Run with ``python -m flows.refresh``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from flows.curate import curate_flow
+from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.train import train_flow
 from housegan.config import get_settings
@@ -27,9 +29,10 @@ def full_refresh(
     train: bool = True,
     kimg: float | None = None,
     max_minutes: float | None = None,
+    promote: bool = True,
 ) -> dict[str, Any]:
-    """Ingest what is new, curate, and (unless ``train`` is False) train and register a model;
-    each stage's result by name."""
+    """Ingest what is new, curate, and (unless ``train`` is False) train, register and evaluate
+    a model, then (with ``promote``) gate it for ``champion``; each stage's result by name."""
     settings = get_settings()
     store = store_uri or settings.store_uri
     ingested = ingest_flow(source_uri or settings.source_uri, store)
@@ -39,7 +42,12 @@ def full_refresh(
         if train
         else None
     )
-    return {"ingest": ingested, "curate": curated, "train": trained}
+    checked = (
+        evaluate_flow(trained.model_uri, promote=promote)
+        if trained is not None
+        else {"evaluate": None, "promote": None}
+    )
+    return {"ingest": ingested, "curate": curated, "train": trained, **checked}
 
 
 if __name__ == "__main__":

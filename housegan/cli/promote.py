@@ -38,15 +38,18 @@ def run(args: argparse.Namespace) -> int:
 
     from housegan.cli.evaluate import progress_bars
     from housegan.config import get_settings
-    from housegan.evaluate import promote
+    from housegan.steps.evaluate import PromoteInput, promote_model
 
     settings = get_settings()
     bars: list[Any] = []
     try:
         if args.rollback:
             return _rollback(args, settings)
-        result = promote.promote(
-            args.model, settings, dataset_uri=args.dataset, progress=progress_bars(bars)
+        result = promote_model.run(
+            PromoteInput(args.model, args.dataset),
+            settings,
+            storage_options=settings.storage_options(),
+            progress=progress_bars(bars),
         )
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -55,14 +58,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
-    print(f"{result.name} version {result.candidate}: {result.decision}")
+    print(f"{result.name} version {result.version}: {result.decision}")
     print(f"  {result.reason}")
     if args.json:
         print(
             json.dumps(
                 {
                     "name": result.name,
-                    "version": result.candidate,
+                    "version": result.version,
                     "decision": result.decision,
                     "reason": result.reason,
                 }
