@@ -245,7 +245,7 @@ def test_curated_frame_fits_the_curated_schema():
 
 
 def test_wanted_types_must_be_known():
-    with pytest.raises(ValueError, match="unknown types"):
+    with pytest.raises(ValueError, match="landscape"):
         CurateSettings(wanted_types=("exterior", "garden"))
 
 
