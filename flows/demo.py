@@ -1,7 +1,8 @@
 """``make demo``: a synthetic listing bucket through the full refresh, on the local stack.
 
 Draws ~500 listings over 5 cities into the source bucket, plays the human labeller (30 labels
-per image type from the synthetic ground truth), runs the full refresh and prints where to look.
+per image type from the synthetic ground truth), runs the full refresh (train, evaluate, promote
+to ``champion``) and prints where to look.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from prefect import flow
 from flows.refresh import full_refresh
 from housegan.config import get_settings
 from housegan.steps import to_json
+from housegan.steps.evaluate import PAIRS_DIR
+from tasks.evaluate import metrics_line
 from tasks.synth import seed_labels_task, synthesize_task
 
 
@@ -61,6 +64,7 @@ def print_summary(result: dict[str, Any]) -> None:
     if train:
         print(f"model      {train.model_uri}  ({train.kimg:.1f} kimg, {train.step} steps)")
         print(f"samples    {train.samples_uri}")
+    _print_evaluation(result.get("evaluate"), result.get("promote"))
     prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     print("\nwhere to look")
     # The URI the runs were logged to: the stack's server under `make demo`.
@@ -73,12 +77,37 @@ def print_summary(result: dict[str, Any]) -> None:
         print(
             f"  Prefect UI  {prefect_ui}  (flow run 'demo': subflows, progress and table artifacts)"
         )
+    if settings.stack.app_port:  # the stack runs the app, which serves the champion
+        print(
+            f"  app         http://{settings.stack.host}:{settings.stack.app_port}  "
+            f"(housegan app; {settings.app.model_uri})"
+        )
+        promoted = result.get("promote")
+        if promoted is not None and promoted.decision == "challenger":
+            print(
+                f"              this version did not pass the gate: HOUSEGAN_APP__MODEL_URI="
+                f"models:/{promoted.name}/{promoted.version} shows it"
+            )
     if train:
         city = result["synth"]["cities"][0]
         print(
             f"  try         .venv/bin/housegan generate --model {train.model_uri} --city {city}"
             " --image-type exterior --seed 7 --n 16 --out demo-grid.png"
         )
+
+
+def _print_evaluation(evaluated: Any, promoted: Any) -> None:
+    """The ``evaluation`` block: headline metrics, where the pair figures are, the decision."""
+    if evaluated is None:
+        return
+    print(f"evaluation {metrics_line(evaluated)}")
+    print(f"           run {evaluated.run_url or evaluated.run_id}  (nested under the train run)")
+    if evaluated.pairs_uri:
+        print(f"           nearest pairs  Artifacts: {PAIRS_DIR}/  ({evaluated.pairs_uri})")
+    if promoted is not None:
+        where = f" -> {promoted.alias_uri}" if promoted.alias_uri else ""
+        print(f"promotion  version {promoted.version}: {promoted.decision}{where}")
+        print(f"           {promoted.reason}")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The demo and full-refresh flows end to end: synth bucket -> ingest -> curate -> train."""
+"""The demo and full-refresh flows end to end: synth bucket -> ingest -> curate -> train ->
+evaluate -> promote."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from housegan.config import get_settings
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_demo_flow_runs_every_stage_and_a_refresh_redoes_nothing(
+def test_demo_flow_runs_every_stage_promotes_its_model_and_a_refresh_redoes_nothing(
     settings, prefect_harness, tmp_path: Path, monkeypatch, capsys
 ):
+    from mlflow import MlflowClient
+
     from flows.demo import demo_flow, print_summary
     from flows.refresh import full_refresh
+    from housegan import tracking
 
     env = {
         "HOUSEGAN_SOURCE_URI": settings.source_uri,
@@ -30,6 +34,18 @@ def test_demo_flow_runs_every_stage_and_a_refresh_redoes_nothing(
         "HOUSEGAN_GAN__BATCH_SIZE": "8",
         "HOUSEGAN_GAN__STEPS": "4",
         "HOUSEGAN_GAN__CPU_THREADS": "1",
+        "HOUSEGAN_EVALUATE__DEVICE": "cpu",
+        "HOUSEGAN_EVALUATE__SAMPLES_PER_CELL": "4",
+        "HOUSEGAN_EVALUATE__HOLDOUT_FRACTION": "0.25",
+        "HOUSEGAN_EVALUATE__KID_SUBSETS": "2",
+        "HOUSEGAN_EVALUATE__CLASSIFIER_PCA_DIM": "2",
+        "HOUSEGAN_EVALUATE__PAIRS_PER_CELL": "1",
+        "HOUSEGAN_EVALUATE__FIGURE_THUMB": "16",
+        # 8 held-out photos calibrate little: a 4-step generator's blobs are ~0.97 (cosine,
+        # random-init features) from their nearest photo, above the 0.94 those 8 give; so here
+        # only a near-identical image counts as a copy.
+        "HOUSEGAN_EVALUATE__COPY_THRESHOLD": "0.99",
+        "HOUSEGAN_STACK__APP_PORT": "8765",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -52,6 +68,23 @@ def test_demo_flow_runs_every_stage_and_a_refresh_redoes_nothing(
     # The refresh over an unchanged bucket downloads and embeds nothing, and trains nothing.
     assert again["ingest"].downloaded == 0
     assert again["curate"].embed.computed == 0
-    assert again["train"] is None
+    assert again["train"] is None and again["evaluate"] is None and again["promote"] is None
+    # The model was evaluated in a run nested under its training run, and the gate decided.
+    evaluated, promoted = first["evaluate"], first["promote"]
+    tracking_uri = settings.mlflow_tracking_uri
+    run = MlflowClient(tracking_uri).get_run(evaluated.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == first["train"].run_id
+    assert evaluated.model_uri == first["train"].model_uri
+    assert evaluated.pairs_uri is not None and evaluated.pairs_uri.endswith("/novelty")
     printed = capsys.readouterr().out
     assert "where to look" in printed and first["train"].model_uri in printed
+    assert "evaluation copy_rate=" in printed and " cond_acc_type=" in printed
+    bar = get_settings().evaluate.max_copy_rate
+    if evaluated.copy_rate <= bar:
+        assert promoted.decision == "champion" and promoted.champion_before is None
+        version = tracking.alias_version("housegan-cgan", "champion", tracking_uri)
+        assert version == first["train"].model_version == promoted.version
+        assert "-> models:/housegan-cgan@champion" in printed
+    else:  # the gate refused it: challenger, with the reason recorded, and no champion
+        assert promoted.decision == "challenger" and promoted.reason
+        assert tracking.alias_version("housegan-cgan", "champion", tracking_uri) is None
