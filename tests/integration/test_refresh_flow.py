@@ -79,7 +79,7 @@ def test_demo_flow_runs_every_stage_promotes_its_model_and_a_refresh_redoes_noth
     printed = capsys.readouterr().out
     assert "where to look" in printed and first["train"].model_uri in printed
     assert "evaluation copy_rate=" in printed and " cond_acc_type=" in printed
-    bar = get_settings().evaluate.max_copy_rate
+    bar = settings.evaluate.max_copy_rate
     if evaluated.copy_rate <= bar:
         assert promoted.decision == "champion" and promoted.champion_before is None
         version = tracking.alias_version("housegan-cgan", "champion", tracking_uri)
