@@ -168,6 +168,24 @@ class CurateSettings(BaseModel):
     near_duplicate_min_group: int = Field(
         20, ge=2, description="smaller clusters use the threshold calibrated on all photos"
     )
+    near_duplicate_hash: bool = Field(
+        True, description="also link photos whose pHashes (or one's mirror pHash) are close"
+    )
+    near_duplicate_hamming: int | None = Field(
+        None, ge=0, le=64, description="fixed pHash Hamming threshold; None calibrates it"
+    )
+    near_duplicate_hash_spread: float = Field(
+        3.0, ge=0, description="calibrated: below median - this x MAD of k-th neighbour distance"
+    )
+    near_duplicate_max_hamming: int = Field(
+        12, ge=0, le=64, description="calibrated Hamming threshold never above (search radius)"
+    )
+    near_duplicate_calibration_rows: int = Field(
+        2000, ge=10, description="per cluster, rows whose k-th Hamming neighbour is measured"
+    )
+    near_duplicate_block_mib: int = Field(
+        64, ge=1, description="memory per block of the blockwise Hamming search"
+    )
     outlier_percentile: float = 98.0
     outlier_min_group: int = Field(20, ge=2, description="smaller (city, type) groups: no outliers")
     knn_k: int = Field(5, ge=1)

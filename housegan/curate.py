@@ -17,9 +17,11 @@ The functions here take and return URIs so each can run as its own step
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -63,16 +65,23 @@ CURATED_SCHEMA = pa.schema(
         pa.field("near_dup_of", pa.string()),
         pa.field("near_dup_cosine", pa.float32()),
         pa.field("near_dup_threshold", pa.float32()),
+        *(pa.field(name, pa.string()) for name in quality.HASH_COLUMNS),
+        pa.field("near_dup_signal", pa.string()),  # deep, hash or deep+hash; None if kept
+        pa.field("near_dup_hamming", pa.float32()),  # nearest flip-aware pHash distance
+        pa.field("near_dup_hamming_threshold", pa.float32()),  # -1: no hash links
         pa.field("outlier_score", pa.float32()),
         pa.field("is_outlier", pa.bool_(), nullable=False),
         pa.field("keep", pa.bool_(), nullable=False),
         pa.field("drop_reason", pa.string()),
     ],
-    metadata={"housegan.manifest": "curated", "housegan.schema_version": "1"},
+    # 2: pHash columns and the near-duplicate signal (new columns; old ones mean the same)
+    metadata={"housegan.manifest": "curated", "housegan.schema_version": "2"},
 )
 
 
 # --- near-duplicates ---------------------------------------------------------------------------
+
+NearDupSignal = Literal["deep", "hash", "deep+hash"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,32 @@ class NearDuplicates:
     thresholds: dict[str, float]  # per group (cluster) the threshold used; "all" for the rest
     calibrated: bool
     groups: int
+    # per row: which signal linked it to its group (NearDupSignal), None for a kept row
+    signal: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
+    # per row: smallest flip-aware pHash distance to another row within the search radius
+    # (NaN: none that close, or no hash), and the distance its links had to stay within
+    hamming: np.ndarray = field(default_factory=lambda: np.array([]))
+    hamming_threshold: np.ndarray = field(default_factory=lambda: np.array([]))
+    hamming_thresholds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PerceptualHashes:
+    """Per row: the photo's pHash and its mirror image's as uint64 bits; ``present`` is False
+    where a photo has none (unreadable, or scored before hashes were stored)."""
+
+    bits: np.ndarray
+    flipped: np.ndarray
+    present: np.ndarray
+
+    @classmethod
+    def from_hex(cls, phash: Any, phash_flip: Any) -> PerceptualHashes:
+        bits, present = quality.hash_bits(phash)
+        flipped, flip_present = quality.hash_bits(phash_flip)
+        return cls(bits, flipped, present & flip_present)
+
+    def __len__(self) -> int:
+        return len(self.bits)
 
 
 def neighbours(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +143,8 @@ def calibrate_threshold(kth_cosine: np.ndarray, cfg: CurateSettings) -> float:
 
     A photo's k-th nearest neighbour is, unless it has k or more copies, a distinct photo, so
     a high percentile of that similarity is as close as distinct photos get here. A
-    near-duplicate must be much closer than that: within ``near_duplicate_gap_fraction`` of
-    the remaining distance to a perfect match (1 - cosine).
+    near-duplicate must be closer than that: within ``near_duplicate_gap_fraction`` of the
+    remaining distance to a perfect match (1 - cosine).
     """
     distinct = float(np.percentile(kth_cosine, cfg.near_duplicate_percentile))
     threshold = 1.0 - cfg.near_duplicate_gap_fraction * (1.0 - distinct)
@@ -133,36 +168,193 @@ def group_thresholds(
     return per_row, used
 
 
+def _hamming(query_bits: np.ndarray, query_flipped: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Flip-aware Hamming distances (uint8, queries x rows): the nearer of each query's own
+    pHash and its mirror image's to each row's pHash."""
+    direct = np.bitwise_count(query_bits[:, None] ^ bits[None, :])
+    return np.minimum(direct, np.bitwise_count(query_flipped[:, None] ^ bits[None, :]))
+
+
+def _block_rows(n: int, cfg: CurateSettings) -> int:
+    # A block holds two (rows x n) uint64 XORs and their uint8 popcounts at a time.
+    return max(1, cfg.near_duplicate_block_mib * 2**20 // (18 * max(n, 1)))
+
+
+def hamming_links(
+    hashes: PerceptualHashes, threshold: np.ndarray, cfg: CurateSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j) of every pair i < j whose flip-aware pHash distance is within the threshold of
+    both rows (-1: a row links nothing), and per row the distance to its nearest other row
+    (NaN: above the search radius, the largest threshold).
+
+    An exact search, a block of rows against the rows from it on (numpy popcount): memory is
+    a few blocks (``near_duplicate_block_mib`` in all) plus the links, never an N x N matrix;
+    blocks run in threads (numpy releases the GIL). Bucketing schemes such as multi-index
+    hashing do not pay at radius ~10 of 64 bits (a near-duplicate need share no long exact
+    substring), so brute force it is: about a minute for 200k photos on two cores.
+    """
+    n = len(hashes)
+    rows = np.flatnonzero(hashes.present & (threshold >= 0))
+    radius = int(threshold[rows].max()) if len(rows) else -1
+    if len(rows) < 2 or radius < 0:
+        none = np.array([], dtype=np.int64)
+        return none, none, np.full(n, np.nan)
+    bits, flipped, limit = hashes.bits[rows], hashes.flipped[rows], threshold[rows]
+    workers = min(4, os.cpu_count() or 1)
+    step = max(1, _block_rows(len(rows), cfg) // workers)
+
+    def block(start: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        stop = min(start + step, len(rows))
+        distance = _hamming(bits[start:stop], flipped[start:stop], bits[start:])
+        own = np.arange(stop - start)
+        distance[own, own] = np.iinfo(distance.dtype).max  # a row is not its own neighbour
+        a, b = np.nonzero(distance <= radius)
+        a, b = a[b > a], b[b > a]  # the rest of the block's square is mirrored here
+        linked = distance[a, b] <= np.minimum(limit[a + start], limit[b + start])
+        return start, a[linked] + start, b[linked] + start, distance.min(1), distance.min(0)
+
+    nearest = np.full(len(rows), np.iinfo(np.uint8).max, dtype=np.uint8)
+    links_a, links_b = [], []
+    starts = list(range(0, len(rows), step))
+    with ThreadPoolExecutor(workers) as pool:
+        for batch in range(0, len(starts), workers):  # a few blocks in memory at a time
+            for start, a, b, row_min, column_min in pool.map(
+                block, starts[batch : batch + workers]
+            ):
+                stop = start + len(row_min)
+                nearest[start:stop] = np.minimum(nearest[start:stop], row_min)
+                nearest[start:] = np.minimum(nearest[start:], column_min)
+                links_a.append(a)
+                links_b.append(b)
+    per_row = np.full(n, np.nan)
+    per_row[rows] = np.where(nearest <= radius, nearest, np.nan)
+    return rows[np.concatenate(links_a)], rows[np.concatenate(links_b)], per_row
+
+
+def kth_hamming(
+    hashes: PerceptualHashes, queries: np.ndarray, k: int, cfg: CurateSettings
+) -> np.ndarray:
+    """Per query row: flip-aware Hamming distance to its k-th nearest other row with a hash."""
+    bits = hashes.bits[hashes.present]
+    k = min(k, len(bits) - 1)
+    step = _block_rows(len(bits), cfg)
+    out = []
+    for start in range(0, len(queries), step):
+        rows = queries[start : start + step]
+        distance = _hamming(hashes.bits[rows], hashes.flipped[rows], bits)
+        out.append(np.partition(distance, k, axis=1)[:, k])  # position 0: the row itself
+    return np.concatenate(out) if out else np.array([], dtype=np.uint8)
+
+
+def calibrate_hamming(kth_distance: np.ndarray, cfg: CurateSettings) -> int:
+    """The pHash distance within which two photos count as near-duplicates, from the data.
+
+    A photo's k-th nearest neighbour is, unless it has k or more copies, a distinct photo;
+    distinct photos' distances bunch around their median, and the robust low end of that bunch
+    (median - ``near_duplicate_hash_spread`` x the scaled median absolute deviation) is as
+    close as distinct photos get here. A near-duplicate must be strictly closer. Robust rather
+    than a low percentile: a few look-alikes (two mirror-image halves of one picture, a
+    template with five colourways) would drag a percentile of a small cluster down to zero.
+    Where distinct photos share hashes (blank pictures) the hash links nothing (-1).
+    """
+    distances = np.asarray(kth_distance, dtype=float)
+    median = float(np.median(distances))
+    spread = 1.4826 * float(np.median(np.abs(distances - median)))  # ~ sigma of a normal
+    distinct = max(0.0, median - cfg.near_duplicate_hash_spread * spread)
+    return min(cfg.near_duplicate_max_hamming, int(np.ceil(distinct)) - 1)
+
+
+def hamming_thresholds(
+    hashes: PerceptualHashes, groups: np.ndarray, cfg: CurateSettings
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Per-row Hamming thresholds calibrated within each group, measured on a seeded sample of
+    at most ``near_duplicate_calibration_rows`` rows per group (against all rows, so it stays
+    bounded). Groups too small use the threshold of all rows; rows without a hash get -1."""
+    rng = np.random.default_rng(0)
+    k = max(cfg.knn_k, 1)
+
+    def sample(rows: np.ndarray) -> np.ndarray:
+        size = min(len(rows), cfg.near_duplicate_calibration_rows)
+        return np.sort(rng.choice(rows, size, replace=False))
+
+    present = np.flatnonzero(hashes.present)
+    overall = calibrate_hamming(kth_hamming(hashes, sample(present), k, cfg), cfg)
+    per_row = np.where(hashes.present, overall, -1)
+    used = {"all": overall}
+    for group in np.unique(groups):
+        members = present[groups[present] == group]
+        if len(members) >= cfg.near_duplicate_min_group:
+            measured = kth_hamming(hashes, sample(members), k, cfg)
+            used[str(group)] = calibrate_hamming(measured, cfg)
+            per_row[members] = used[str(group)]
+    return per_row, used
+
+
+def _hash_links(
+    hashes: PerceptualHashes | None, groups: np.ndarray, cfg: CurateSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """(i, j) of the pHash links, each row's nearest distance and threshold, and the
+    threshold per group."""
+    n = len(groups)
+    if hashes is None or not cfg.near_duplicate_hash or hashes.present.sum() < 2:
+        none = np.array([], dtype=np.int64)
+        return none, none, np.full(n, np.nan), np.full(n, -1.0), {}
+    if cfg.near_duplicate_hamming is None:
+        threshold, used = hamming_thresholds(hashes, groups, cfg)
+    else:
+        threshold = np.where(hashes.present, cfg.near_duplicate_hamming, -1)
+        used = {"all": cfg.near_duplicate_hamming}
+    a, b, nearest = hamming_links(hashes, threshold, cfg)
+    return a, b, nearest, threshold.astype(float), used
+
+
 def find_near_duplicates(
     keys: np.ndarray,
     reduced: np.ndarray,
     cfg: CurateSettings,
     groups: np.ndarray | None = None,
+    hashes: PerceptualHashes | None = None,
 ) -> NearDuplicates:
-    """Group photos whose centred, projected embeddings are closer than the threshold.
+    """Group photos that either signal calls near-duplicates.
 
-    Two photos are linked when their cosine reaches the threshold of both (per-group
-    calibrated unless ``near_duplicate_cosine`` is set); groups are connected components of
-    those links. The first key of each group is kept and the others point at it.
+    Deep: two photos are linked when the cosine of their centred, projected embeddings
+    reaches the threshold of both (per-group calibrated unless ``near_duplicate_cosine`` is
+    set). Hash: when the flip-aware pHash distance is within the Hamming threshold of both
+    (per-group calibrated unless ``near_duplicate_hamming`` is set): it catches what
+    random-init deep features miss, mirrored copies above all. Groups are the connected
+    components of all links; the first key of each is kept and the others point at it.
     """
     n = len(keys)
     if n < 2:
         fixed = cfg.near_duplicate_cosine or 1.0
+        nothing = np.full(n, None, dtype=object)
         return NearDuplicates(
-            np.full(n, None, dtype=object), np.full(n, np.nan), np.full(n, fixed), {}, False, 0
+            nothing,
+            np.full(n, np.nan),
+            np.full(n, fixed),
+            {},
+            False,
+            0,
+            nothing.copy(),
+            np.full(n, np.nan),
+            np.full(n, -1.0),
+            {},
         )
+    groups = np.zeros(n, dtype=int) if groups is None else np.asarray(groups)
     unit = cluster.normalize_rows(reduced)
     cosine, index = neighbours(unit, max(cfg.knn_k, 1))
     calibrated = cfg.near_duplicate_cosine is None
     if calibrated:
-        groups = np.zeros(n, dtype=int) if groups is None else np.asarray(groups)
         threshold, used = group_thresholds(cosine[:, -1], groups, cfg)
     else:
         threshold = np.full(n, cfg.near_duplicate_cosine)
         used = {"all": cfg.near_duplicate_cosine}
     linked = (cosine >= threshold[:, None]) & (cosine >= threshold[index])
     rows, cols = np.nonzero(linked)
-    graph = coo_matrix((np.ones(len(rows)), (rows, index[rows, cols])), shape=(n, n))
+    deep_a, deep_b = rows, index[rows, cols]
+    hash_a, hash_b, hamming, hamming_threshold, hamming_used = _hash_links(hashes, groups, cfg)
+    a, b = np.concatenate([deep_a, hash_a]), np.concatenate([deep_b, hash_b])
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     order = np.argsort(keys.astype(str), kind="stable")
     first_of = pd.Series(order, index=component[order]).groupby(level=0).first()
@@ -170,8 +362,35 @@ def find_near_duplicates(
     near_dup_of = np.where(keeper != np.arange(n), keys[keeper], None)
     sizes = np.bincount(component)
     return NearDuplicates(
-        near_dup_of, cosine[:, 0], threshold, used, calibrated, int((sizes > 1).sum())
+        near_dup_of,
+        cosine[:, 0],
+        threshold,
+        used,
+        calibrated,
+        int((sizes > 1).sum()),
+        _signals(n, (deep_a, deep_b), (hash_a, hash_b), near_dup_of),
+        hamming,
+        hamming_threshold,
+        hamming_used,
     )
+
+
+def _signals(
+    n: int,
+    deep: tuple[np.ndarray, np.ndarray],
+    hashed: tuple[np.ndarray, np.ndarray],
+    near_dup_of: np.ndarray,
+) -> np.ndarray:
+    """Per row: the signals of its own links ("deep", "hash", "deep+hash"); None if kept."""
+    by_deep = np.zeros(n, dtype=bool)
+    by_deep[np.concatenate(deep)] = True
+    by_hash = np.zeros(n, dtype=bool)
+    by_hash[np.concatenate(hashed)] = True
+    signal = np.select(
+        [by_deep & by_hash, by_deep, by_hash], ["deep+hash", "deep", "hash"], default=""
+    ).astype(object)
+    signal[(signal == "") | pd.isna(near_dup_of)] = None
+    return signal
 
 
 # --- outliers ---------------------------------------------------------------------------------
@@ -252,6 +471,8 @@ class FilterResult:
     near_duplicate_calibrated: bool
     near_duplicate_groups: int
     galleries: dict[str, str] = field(default_factory=dict)  # drop reason -> PNG URI
+    near_duplicate_hamming: dict[str, int] = field(default_factory=dict)  # per cluster, "all"
+    near_duplicate_signals: dict[str, int] = field(default_factory=dict)  # signal -> rows
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,7 +490,9 @@ def assemble(
     frame = frame.merge(clusters, on="sha256", how="left", validate="many_to_one")
     frame["cluster"] = frame["cluster"].astype("Int32")
     frame = frame.merge(types, on="sha256", how="left", validate="many_to_one")
-    score_cols = ["sha256", *quality.SCORE_COLUMNS, "error"]
+    # Scores without hashes (made by hand, say) give those photos no hash signal.
+    scores = scores.assign(**{name: None for name in quality.HASH_COLUMNS if name not in scores})
+    score_cols = ["sha256", *quality.SCORE_COLUMNS, *quality.HASH_COLUMNS, "error"]
     scored = scores[score_cols].rename(columns={"error": "quality_error"})
     frame = frame.merge(scored, on="sha256", how="left", validate="many_to_one")
     frame["image_type"] = frame["image_type"].fillna(cluster.UNKNOWN_TYPE)
@@ -292,13 +515,22 @@ def decide(frame: pd.DataFrame, reduced: np.ndarray, cfg: CurateSettings) -> Nea
     embedded = frame["cluster"].notna() & (frame["status"] == Status.OK)
     rows = np.flatnonzero(embedded.to_numpy())
     clusters = frame["cluster"].iloc[rows].astype(int).to_numpy()
-    near = find_near_duplicates(frame["key"].to_numpy()[rows], reduced[rows], cfg, clusters)
-    frame["near_dup_of"] = None
-    frame.loc[rows, "near_dup_of"] = near.near_dup_of
-    frame["near_dup_cosine"] = np.nan
-    frame.loc[rows, "near_dup_cosine"] = near.cosine
-    frame["near_dup_threshold"] = np.nan
-    frame.loc[rows, "near_dup_threshold"] = near.threshold
+    hashes = PerceptualHashes.from_hex(
+        frame["phash"].iloc[rows].to_numpy(), frame["phash_flip"].iloc[rows].to_numpy()
+    )
+    keys = frame["key"].to_numpy()[rows]
+    near = find_near_duplicates(keys, reduced[rows], cfg, clusters, hashes)
+    columns = {
+        "near_dup_of": near.near_dup_of,
+        "near_dup_cosine": near.cosine,
+        "near_dup_threshold": near.threshold,
+        "near_dup_signal": near.signal,
+        "near_dup_hamming": near.hamming,
+        "near_dup_hamming_threshold": near.hamming_threshold,
+    }
+    for name, values in columns.items():
+        frame[name] = None if values.dtype == object else np.nan
+        frame.loc[rows, name] = values
     frame["is_outlier"] = False
     masks = stage_masks(frame, cfg.wanted_types)
     candidates = np.flatnonzero(masks["good_quality"].to_numpy())
@@ -353,6 +585,8 @@ def filter_manifest(
         near_duplicate_calibrated=near.calibrated,
         near_duplicate_groups=near.groups,
         galleries=galleries,
+        near_duplicate_hamming=near.hamming_thresholds,
+        near_duplicate_signals=frame["near_dup_signal"].value_counts().to_dict(),
     )
     summary = json.dumps(result.as_dict(), indent=2).encode()
     storage.write_bytes_atomic(storage.join(run_uri, "summary.json"), summary, storage_options)

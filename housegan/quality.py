@@ -1,11 +1,14 @@
 """Image quality scores and flags in cleanvision's manner: dark, overexposed, blurry, low
-information, grayscale, odd aspect ratio.
+information, grayscale, odd aspect ratio; and perceptual hashes of the same decoded pixels.
 
 Scores are computed once per content hash on a downscaled copy and stored content-addressed
 in a parts collection ``<store>/quality/<QUALITY_VERSION>/`` keyed by sha256 (one immutable
 Parquet part per run that found new photos, see ``housegan.collections``), so a renamed,
 re-uploaded or duplicated photo is never scored again. Flags are
 derived from scores at read time, so changing a threshold needs no recomputation.
+
+The perceptual hashes (pHash, of the photo and of its mirror image) are per-content data
+computed in the same decode pass; near-duplicate detection (``housegan.curate``) compares them.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import imagehash
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from PIL import Image
+from PIL import Image, ImageOps
 
 from housegan import images, manifest, storage
 from housegan.collections import PartsCollection
@@ -27,7 +31,8 @@ from housegan.manifest import Status
 
 # Bump when a score's definition or the decoder's pixels (images.DECODER_VERSION) change: scores
 # then live in a fresh folder. v2: transparency composited on white, 16-bit gray scaled.
-QUALITY_VERSION = "v2"
+# v3: perceptual hashes (phash, phash_flip).
+QUALITY_VERSION = "v3"
 QUALITY_FLAGS = (
     "dark",
     "overexposed",
@@ -45,11 +50,18 @@ QUALITY_SCHEMA = pa.schema(
         pa.field("sharpness", pa.float32()),
         pa.field("entropy", pa.float32()),
         pa.field("colorfulness", pa.float32()),
+        # 64-bit pHash as imagehash writes it (16 hex digits): a string, so a missing hash is a
+        # null rather than a float NaN that would round the bits.
+        pa.field("phash", pa.string()),
+        pa.field("phash_flip", pa.string()),  # of the mirror image: flipped copies match it
         pa.field("error", pa.string()),
     ],
     metadata={"housegan.quality": QUALITY_VERSION},
 )
-SCORE_COLUMNS = tuple(name for name in QUALITY_SCHEMA.names if name not in ("sha256", "error"))
+HASH_COLUMNS = ("phash", "phash_flip")
+SCORE_COLUMNS = tuple(
+    name for name in QUALITY_SCHEMA.names if name not in ("sha256", "error", *HASH_COLUMNS)
+)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -95,6 +107,29 @@ def score_image(image: Image.Image) -> dict[str, float]:
         "entropy": float(luma.entropy()),
         "colorfulness": float(np.mean(rgb.max(axis=2) - rgb.min(axis=2))),
     }
+
+
+def perceptual_hashes(image: Image.Image) -> dict[str, str]:
+    """pHash (64 bits, hex) of the image and of its mirror image.
+
+    A pHash is the sign pattern of the lowest 8x8 DCT frequencies of a 32x32 grayscale
+    thumbnail: resizing and re-encoding barely change it, but mirroring does, hence the second
+    hash (a flipped copy's hash is close to the original's ``phash_flip``).
+    """
+    image = images.to_rgb(image)
+    return {
+        "phash": str(imagehash.phash(image)),
+        "phash_flip": str(imagehash.phash(ImageOps.mirror(image))),
+    }
+
+
+def hash_bits(hashes: pd.Series | Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 bits, present mask) of hex hashes; a missing hash is 0 and not present."""
+    values = pd.Series(hashes, dtype=object)
+    present = values.notna().to_numpy()
+    bits = np.zeros(len(values), dtype=np.uint64)
+    bits[present] = [int(value, 16) for value in values[present]]
+    return bits, present
 
 
 def _laplacian_variance(gray: np.ndarray) -> float:
@@ -177,14 +212,14 @@ def _score_many(
 ) -> pd.DataFrame:
     def score(uri: str) -> dict[str, Any]:
         try:
-            return {
-                **score_image(load_image(uri, cfg.quality_max_side, storage_options)),
-                "error": None,
-            }
+            image = load_image(uri, cfg.quality_max_side, storage_options)
+            return {**score_image(image), **perceptual_hashes(image), "error": None}
         except Exception as exc:  # a bad photo is recorded, never fatal
-            return {name: np.nan for name in SCORE_COLUMNS} | {
-                "error": f"{type(exc).__name__}: {exc}"
-            }
+            return (
+                {name: np.nan for name in SCORE_COLUMNS}
+                | dict.fromkeys(HASH_COLUMNS)
+                | {"error": f"{type(exc).__name__}: {exc}"}
+            )
 
     results = []
     with ThreadPoolExecutor(cfg.quality_workers) as pool:
@@ -192,4 +227,4 @@ def _score_many(
             results.append(result)
             if progress is not None:
                 progress(done, len(uris))
-    return pd.DataFrame(results, columns=[*SCORE_COLUMNS, "error"])
+    return pd.DataFrame(results, columns=[*SCORE_COLUMNS, *HASH_COLUMNS, "error"])

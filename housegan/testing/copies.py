@@ -10,11 +10,14 @@ negatives), and every copy is made from one tile.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps
 
 # In scikit-image's wheel (load without a download); chelsea is the same photo as cat, and
@@ -188,3 +191,128 @@ def synthetic_copy_set(
                 originals[name] = synth.render(kind, city, rng, size)
                 types[name] = kind
     return copy_set(originals, copies_per_photo, seed=seed, image_types=types)
+
+
+# --- through the real curate stage ---------------------------------------------------------------
+
+
+def write_photos(photos: Sequence[Photo], source: Path, city: str = "held-out") -> pd.DataFrame:
+    """Write a copy set as a listing source (``<city>/<family>/<file>``); its truth per key."""
+    rows = []
+    for photo in photos:
+        city_name = photo.family.split("-")[0] if photo.image_type else city
+        key = f"{city_name}/{photo.family}/{photo.filename}"
+        (source / key).parent.mkdir(parents=True, exist_ok=True)
+        (source / key).write_bytes(photo.data)
+        kind = photo.kind or "original"
+        rows.append({"key": key, "family": photo.family, "kind": kind, "truth": photo.image_type})
+    return pd.DataFrame(rows)
+
+
+def curate_photos(
+    photos: Sequence[Photo], root: Path, settings: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """Ingest a copy set from a local folder and run the whole curate stage on it (no MLflow):
+    the curated frame with the truth columns ``family``, ``kind`` and ``truth`` joined on."""
+    from housegan import ingest, manifest
+    from housegan.config import Settings
+    from housegan.steps.curate import CurateInput, run_curate
+
+    truth = write_photos(photos, root / "source")
+    cfg = Settings.model_validate(
+        {
+            "source_uri": (root / "source").as_uri(),
+            "store_uri": (root / "store").as_uri(),
+            "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+            **(settings or {}),
+        }
+    )
+    ingested = ingest.ingest(
+        cfg.source_uri,
+        cfg.store_uri,
+        key_pattern=cfg.key_pattern,
+        limits=cfg.images,
+        cfg=cfg.ingest,
+    )
+    result = run_curate(CurateInput.resolve(ingested.manifest_uri, cfg.store_uri), cfg, track=False)
+    return manifest.read(result.curated_uri).merge(truth, on="key", how="left")
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    recall: pd.DataFrame  # per image type and copy kind: copies, caught, recall
+    false_duplicates: pd.DataFrame  # per image type: distinct pairs, flagged, rate
+
+    def text(self) -> str:
+        return "\n".join(
+            [
+                "recall (copies grouped with their original):",
+                self.recall.to_string(index=False, float_format="{:.3f}".format),
+                "false duplicates (pairs of distinct photos grouped together):",
+                self.false_duplicates.to_string(index=False, float_format="{:.4f}".format),
+            ]
+        )
+
+
+def copy_report(curated: pd.DataFrame) -> CopyReport:
+    """Recall per copy kind and false-duplicate rate over pairs of distinct photos.
+
+    Near-duplicate groups are read from ``near_dup_of`` (a row without it heads its own group).
+    A copy is caught when it is in its original's group; a pair of distinct photos is a false
+    duplicate when any photo of one (original or copy) shares a group with any of the other.
+    Image types are the truth's where there is one ("all" rows cover everything).
+    """
+    frame = curated[curated["family"].notna() & (curated["status"] == "ok")].copy()
+    frame["group"] = frame["near_dup_of"].fillna(frame["key"])
+    frame["truth"] = frame["truth"].fillna("photo")
+    original = frame[frame["kind"] == "original"].set_index("family")["group"]
+    copies = frame[frame["kind"] != "original"]
+    caught = copies["group"].to_numpy() == original.reindex(copies["family"]).to_numpy()
+    copies = copies.assign(caught=caught)
+    recall = pd.concat(
+        [
+            copies.groupby(["truth", "kind"], as_index=False).agg(
+                copies=("caught", "size"), caught=("caught", "sum")
+            ),
+            copies.groupby("kind", as_index=False)
+            .agg(copies=("caught", "size"), caught=("caught", "sum"))
+            .assign(truth="all"),
+            pd.DataFrame(
+                [{"truth": "all", "kind": "all", "copies": len(copies), "caught": caught.sum()}]
+            ),
+        ],
+        ignore_index=True,
+    )
+    recall["recall"] = recall["caught"] / recall["copies"]
+    recall = recall.rename(columns={"truth": "image_type"})
+    return CopyReport(recall, _false_duplicates(frame))
+
+
+def _false_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
+    type_of = frame.groupby("family")["truth"].first()
+    groups = frame.groupby("family")["group"].agg(frozenset)
+    families_of: dict[str, set[str]] = {}
+    for family, members in groups.items():
+        for group in members:
+            families_of.setdefault(group, set()).add(family)
+    flagged = {
+        tuple(sorted(pair))
+        for families in families_of.values()
+        for pair in combinations(sorted(families), 2)
+    }
+    rows = []
+    for image_type in [*sorted(type_of.unique()), "all"]:
+        members = type_of.index if image_type == "all" else type_of.index[type_of == image_type]
+        pairs = len(members) * (len(members) - 1) // 2
+        inside = set(members)
+        hits = sum(1 for a, b in flagged if a in inside and b in inside)
+        rows.append(
+            {
+                "image_type": image_type,
+                "photos": len(members),
+                "pairs": pairs,
+                "flagged": hits,
+                "rate": hits / max(pairs, 1),
+            }
+        )
+    return pd.DataFrame(rows)
