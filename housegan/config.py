@@ -180,6 +180,21 @@ class CurateSettings(BaseModel):
     near_duplicate_max_hamming: int = Field(
         12, ge=0, le=64, description="calibrated Hamming threshold never above (search radius)"
     )
+    near_duplicate_max_colour_shift: float = Field(
+        0.04, ge=0, le=1, description="hash links: mean colours this close in every channel"
+    )
+    near_duplicate_max_aspect_change: float = Field(
+        0.06, ge=0, description="hash links: aspect ratios this close (a 5% crop moves it ~5%)"
+    )
+    near_duplicate_mirror_fraction: float = Field(
+        0.5, ge=0, le=1, description="hash links by the mirror pHash: this share of the threshold"
+    )
+    near_duplicate_agree_hash_factor: float = Field(
+        1.5, ge=1, description="agreement: pHash distance within this x the Hamming threshold"
+    )
+    near_duplicate_agree_deep_factor: float = Field(
+        2.0, ge=1, description="agreement: 1 - cosine within this x (1 - the deep threshold)"
+    )
     near_duplicate_calibration_rows: int = Field(
         2000, ge=10, description="per cluster, rows whose k-th Hamming neighbour is measured"
     )

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,8 +81,6 @@ CURATED_SCHEMA = pa.schema(
 
 # --- near-duplicates ---------------------------------------------------------------------------
 
-NearDupSignal = Literal["deep", "hash", "deep+hash"]
-
 
 @dataclass(frozen=True)
 class NearDuplicates:
@@ -92,7 +90,7 @@ class NearDuplicates:
     thresholds: dict[str, float]  # per group (cluster) the threshold used; "all" for the rest
     calibrated: bool
     groups: int
-    # per row: which signal linked it to its group (NearDupSignal), None for a kept row
+    # per row: the kinds of link that joined it to its group (deep, hash, agree, "+"-joined)
     signal: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
     # per row: smallest flip-aware pHash distance to another row within the search radius
     # (NaN: none that close, or no hash), and the distance its links had to stay within
@@ -103,18 +101,29 @@ class NearDuplicates:
 
 @dataclass(frozen=True)
 class PerceptualHashes:
-    """Per row: the photo's pHash and its mirror image's as uint64 bits; ``present`` is False
-    where a photo has none (unreadable, or scored before hashes were stored)."""
+    """Per row: the photo's pHash and its mirror image's as uint64 bits, its mean colour (RGB
+    in [0, 1]) and log aspect ratio (width / height); ``present`` is False where a photo has
+    none of these (unreadable)."""
 
     bits: np.ndarray
     flipped: np.ndarray
+    colour: np.ndarray  # (n, 3)
+    log_aspect: np.ndarray
     present: np.ndarray
 
     @classmethod
-    def from_hex(cls, phash: Any, phash_flip: Any) -> PerceptualHashes:
-        bits, present = quality.hash_bits(phash)
-        flipped, flip_present = quality.hash_bits(phash_flip)
-        return cls(bits, flipped, present & flip_present)
+    def from_frame(cls, frame: pd.DataFrame) -> PerceptualHashes:
+        """From a curated frame's quality columns and displayed sizes (absent hash columns,
+        as in scores made by hand: no hashes)."""
+        bits, present = quality.hash_bits(frame.get("phash", pd.Series(None, index=frame.index)))
+        flipped, flip_present = quality.hash_bits(
+            frame.get("phash_flip", pd.Series(None, index=frame.index))
+        )
+        columns = list(quality.MEAN_COLOUR_COLUMNS)
+        colour = frame.reindex(columns=columns).astype(float).to_numpy()
+        aspect = np.log(frame["width"].astype(float) / frame["height"].astype(float)).to_numpy()
+        known = np.isfinite(colour).all(axis=1) & np.isfinite(aspect)
+        return cls(bits, flipped, colour, aspect, present & flip_present & known)
 
     def __len__(self) -> int:
         return len(self.bits)
@@ -168,11 +177,29 @@ def group_thresholds(
     return per_row, used
 
 
-def _hamming(query_bits: np.ndarray, query_flipped: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """Flip-aware Hamming distances (uint8, queries x rows): the nearer of each query's own
-    pHash and its mirror image's to each row's pHash."""
+def _distances(
+    query_bits: np.ndarray, query_flipped: np.ndarray, bits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hamming distances (uint8, queries x rows) of each query's pHash and of its mirror
+    image's pHash to each row's pHash."""
     direct = np.bitwise_count(query_bits[:, None] ^ bits[None, :])
-    return np.minimum(direct, np.bitwise_count(query_flipped[:, None] ^ bits[None, :]))
+    return direct, np.bitwise_count(query_flipped[:, None] ^ bits[None, :])
+
+
+def _alike(hashes: PerceptualHashes, a: np.ndarray, b: np.ndarray, cfg: CurateSettings):
+    """Whether rows ``a`` and ``b`` could be copies of each other by what pHash cannot see.
+
+    pHash reads gray structure only, so a template in another colourway (a listing site's
+    sign, a floor-plan style) or the same kind of shot framed at another aspect ratio would
+    match. The copies in question keep both: resizing, re-encoding and mirroring change the
+    mean colour by a few levels and the aspect ratio not at all, a crop of up to 5 % a side
+    the aspect ratio by at most ~5 %.
+    """
+    colour = np.abs(hashes.colour[a] - hashes.colour[b]).max(axis=-1)
+    aspect = np.abs(hashes.log_aspect[a] - hashes.log_aspect[b])
+    return (colour <= cfg.near_duplicate_max_colour_shift) & (
+        aspect <= np.log1p(cfg.near_duplicate_max_aspect_change)
+    )
 
 
 def _block_rows(n: int, cfg: CurateSettings) -> int:
@@ -180,68 +207,107 @@ def _block_rows(n: int, cfg: CurateSettings) -> int:
     return max(1, cfg.near_duplicate_block_mib * 2**20 // (18 * max(n, 1)))
 
 
+@dataclass(frozen=True)
+class HashLinks:
+    hashed: tuple[np.ndarray, np.ndarray]  # (i, j): linked by the hash alone
+    agreed: tuple[np.ndarray, np.ndarray]  # (i, j): near by the hash and by the deep features
+    nearest: np.ndarray  # per row: pHash distance to the nearest other row (NaN: far)
+
+
 def hamming_links(
-    hashes: PerceptualHashes, threshold: np.ndarray, cfg: CurateSettings
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j) of every pair i < j whose flip-aware pHash distance is within the threshold of
-    both rows (-1: a row links nothing), and per row the distance to its nearest other row
-    (NaN: above the search radius, the largest threshold).
+    hashes: PerceptualHashes,
+    threshold: np.ndarray,
+    cfg: CurateSettings,
+    agrees: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> HashLinks:
+    """The pairs i < j the hash links, and per row the pHash distance (direct or mirrored,
+    the nearer) to its nearest other row within the search radius (a threshold of -1: the
+    row links nothing).
+
+    A pair links by the hash alone when its direct distance is within the threshold of both
+    rows, or its mirrored distance within ``near_duplicate_mirror_fraction`` of that
+    (mirror-symmetric scenes, a house front or a floor plan, make mirrored look-alikes
+    common); it links by agreement when its direct distance is within
+    ``near_duplicate_agree_hash_factor`` times the threshold and ``agrees`` (the deep
+    features, looser than alone) says so too: a crop moves the pHash and the deep features
+    each a little too far, rarely both. Either way ``_alike`` must hold.
 
     An exact search, a block of rows against the rows from it on (numpy popcount): memory is
     a few blocks (``near_duplicate_block_mib`` in all) plus the links, never an N x N matrix;
     blocks run in threads (numpy releases the GIL). Bucketing schemes such as multi-index
     hashing do not pay at radius ~10 of 64 bits (a near-duplicate need share no long exact
-    substring), so brute force it is: about a minute for 200k photos on two cores.
+    substring), so brute force it is: about a minute for 200k photos on 2 cores.
     """
     n = len(hashes)
+    none = np.array([], dtype=np.int64)
     rows = np.flatnonzero(hashes.present & (threshold >= 0))
-    radius = int(threshold[rows].max()) if len(rows) else -1
+    factor = cfg.near_duplicate_agree_hash_factor if agrees is not None else 1.0
+    radius = int(np.floor(threshold[rows].max() * factor)) if len(rows) else -1
     if len(rows) < 2 or radius < 0:
-        none = np.array([], dtype=np.int64)
-        return none, none, np.full(n, np.nan)
-    bits, flipped, limit = hashes.bits[rows], hashes.flipped[rows], threshold[rows]
+        return HashLinks((none, none), (none, none), np.full(n, np.nan))
+    bits, flipped = hashes.bits[rows], hashes.flipped[rows]
+    limit = threshold[rows].astype(float)
     workers = min(4, os.cpu_count() or 1)
     step = max(1, _block_rows(len(rows), cfg) // workers)
 
     def block(start: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         stop = min(start + step, len(rows))
-        distance = _hamming(bits[start:stop], flipped[start:stop], bits[start:])
+        direct, mirrored = _distances(bits[start:stop], flipped[start:stop], bits[start:])
+        distance = np.minimum(direct, mirrored)
         own = np.arange(stop - start)
         distance[own, own] = np.iinfo(distance.dtype).max  # a row is not its own neighbour
         a, b = np.nonzero(distance <= radius)
         a, b = a[b > a], b[b > a]  # the rest of the block's square is mirrored here
-        linked = distance[a, b] <= np.minimum(limit[a + start], limit[b + start])
-        return start, a[linked] + start, b[linked] + start, distance.min(1), distance.min(0)
+        allowed = np.minimum(limit[a + start], limit[b + start])
+        alone = (direct[a, b] <= allowed) | (
+            mirrored[a, b] <= np.floor(allowed * cfg.near_duplicate_mirror_fraction)
+        )
+        near = ~alone & (direct[a, b] <= np.floor(allowed * factor))
+        a, b = rows[a + start], rows[b + start]
+        alike = _alike(hashes, a, b, cfg)
+        kind = np.where(alone & alike, 1, 0)
+        if agrees is not None and (near & alike).any():
+            kind[near & alike] = np.where(agrees(a[near & alike], b[near & alike]), 2, 0)
+        return (
+            start,
+            np.stack([a, b])[:, kind > 0],
+            kind[kind > 0],
+            distance.min(1),
+            distance.min(0),
+        )
 
     nearest = np.full(len(rows), np.iinfo(np.uint8).max, dtype=np.uint8)
-    links_a, links_b = [], []
+    pairs, kinds = [np.empty((2, 0), dtype=np.int64)], [np.empty(0, dtype=int)]
     starts = list(range(0, len(rows), step))
     with ThreadPoolExecutor(workers) as pool:
         for batch in range(0, len(starts), workers):  # a few blocks in memory at a time
-            for start, a, b, row_min, column_min in pool.map(
+            for start, linked, kind, row_min, column_min in pool.map(
                 block, starts[batch : batch + workers]
             ):
                 stop = start + len(row_min)
                 nearest[start:stop] = np.minimum(nearest[start:stop], row_min)
                 nearest[start:] = np.minimum(nearest[start:], column_min)
-                links_a.append(a)
-                links_b.append(b)
+                pairs.append(linked)
+                kinds.append(kind)
+    linked, kind = np.concatenate(pairs, axis=1), np.concatenate(kinds)
     per_row = np.full(n, np.nan)
     per_row[rows] = np.where(nearest <= radius, nearest, np.nan)
-    return rows[np.concatenate(links_a)], rows[np.concatenate(links_b)], per_row
+    hashed, agreed = linked[:, kind == 1], linked[:, kind == 2]
+    return HashLinks((hashed[0], hashed[1]), (agreed[0], agreed[1]), per_row)
 
 
 def kth_hamming(
     hashes: PerceptualHashes, queries: np.ndarray, k: int, cfg: CurateSettings
 ) -> np.ndarray:
-    """Per query row: flip-aware Hamming distance to its k-th nearest other row with a hash."""
+    """Per query row: pHash distance (direct or mirrored, the nearer) to its k-th nearest
+    other row with a hash, whatever its colour or shape: how crowded pHash space is here."""
     bits = hashes.bits[hashes.present]
     k = min(k, len(bits) - 1)
     step = _block_rows(len(bits), cfg)
     out = []
     for start in range(0, len(queries), step):
         rows = queries[start : start + step]
-        distance = _hamming(hashes.bits[rows], hashes.flipped[rows], bits)
+        distance = np.minimum(*_distances(hashes.bits[rows], hashes.flipped[rows], bits))
         out.append(np.partition(distance, k, axis=1)[:, k])  # position 0: the row itself
     return np.concatenate(out) if out else np.array([], dtype=np.uint8)
 
@@ -291,21 +357,22 @@ def hamming_thresholds(
 
 
 def _hash_links(
-    hashes: PerceptualHashes | None, groups: np.ndarray, cfg: CurateSettings
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    """(i, j) of the pHash links, each row's nearest distance and threshold, and the
-    threshold per group."""
+    hashes: PerceptualHashes | None,
+    groups: np.ndarray,
+    cfg: CurateSettings,
+    agrees: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[HashLinks, np.ndarray, dict[str, int]]:
+    """The pHash links, each row's Hamming threshold and the threshold per group."""
     n = len(groups)
     if hashes is None or not cfg.near_duplicate_hash or hashes.present.sum() < 2:
         none = np.array([], dtype=np.int64)
-        return none, none, np.full(n, np.nan), np.full(n, -1.0), {}
+        return HashLinks((none, none), (none, none), np.full(n, np.nan)), np.full(n, -1.0), {}
     if cfg.near_duplicate_hamming is None:
         threshold, used = hamming_thresholds(hashes, groups, cfg)
     else:
         threshold = np.where(hashes.present, cfg.near_duplicate_hamming, -1)
         used = {"all": cfg.near_duplicate_hamming}
-    a, b, nearest = hamming_links(hashes, threshold, cfg)
-    return a, b, nearest, threshold.astype(float), used
+    return hamming_links(hashes, threshold, cfg, agrees), threshold.astype(float), used
 
 
 def find_near_duplicates(
@@ -315,14 +382,17 @@ def find_near_duplicates(
     groups: np.ndarray | None = None,
     hashes: PerceptualHashes | None = None,
 ) -> NearDuplicates:
-    """Group photos that either signal calls near-duplicates.
+    """Group photos that the deep features, the perceptual hash or both call near-duplicates.
 
     Deep: two photos are linked when the cosine of their centred, projected embeddings
     reaches the threshold of both (per-group calibrated unless ``near_duplicate_cosine`` is
-    set). Hash: when the flip-aware pHash distance is within the Hamming threshold of both
-    (per-group calibrated unless ``near_duplicate_hamming`` is set): it catches what
-    random-init deep features miss, mirrored copies above all. Groups are the connected
-    components of all links; the first key of each is kept and the others point at it.
+    set). Hash: when their pHash distance is within the Hamming threshold of both (per-group
+    calibrated unless ``near_duplicate_hamming`` is set; see ``hamming_links``): it catches
+    what random-init deep features miss, mirrored copies above all. Agreement: a pHash
+    distance somewhat above the threshold plus a cosine within
+    ``near_duplicate_agree_deep_factor`` times the deep threshold's distance to 1. Groups are
+    the connected components of all links; the first key of each is kept and the others
+    point at it.
     """
     n = len(keys)
     if n < 2:
@@ -351,9 +421,16 @@ def find_near_duplicates(
         used = {"all": cfg.near_duplicate_cosine}
     linked = (cosine >= threshold[:, None]) & (cosine >= threshold[index])
     rows, cols = np.nonzero(linked)
-    deep_a, deep_b = rows, index[rows, cols]
-    hash_a, hash_b, hamming, hamming_threshold, hamming_used = _hash_links(hashes, groups, cfg)
-    a, b = np.concatenate([deep_a, hash_a]), np.concatenate([deep_b, hash_b])
+    deep = (rows, index[rows, cols])
+    loose = 1.0 - cfg.near_duplicate_agree_deep_factor * (1.0 - threshold)
+
+    def agrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", unit[a], unit[b]) >= np.maximum(loose[a], loose[b])
+
+    links, hamming_threshold, hamming_used = _hash_links(hashes, groups, cfg, agrees)
+    every = (deep, links.hashed, links.agreed)
+    a = np.concatenate([pair[0] for pair in every])
+    b = np.concatenate([pair[1] for pair in every])
     graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     order = np.argsort(keys.astype(str), kind="stable")
@@ -368,29 +445,25 @@ def find_near_duplicates(
         used,
         calibrated,
         int((sizes > 1).sum()),
-        _signals(n, (deep_a, deep_b), (hash_a, hash_b), near_dup_of),
-        hamming,
+        _signals(n, {"deep": deep, "hash": links.hashed, "agree": links.agreed}, near_dup_of),
+        links.nearest,
         hamming_threshold,
         hamming_used,
     )
 
 
 def _signals(
-    n: int,
-    deep: tuple[np.ndarray, np.ndarray],
-    hashed: tuple[np.ndarray, np.ndarray],
-    near_dup_of: np.ndarray,
+    n: int, links: Mapping[str, tuple[np.ndarray, np.ndarray]], near_dup_of: np.ndarray
 ) -> np.ndarray:
-    """Per row: the signals of its own links ("deep", "hash", "deep+hash"); None if kept."""
-    by_deep = np.zeros(n, dtype=bool)
-    by_deep[np.concatenate(deep)] = True
-    by_hash = np.zeros(n, dtype=bool)
-    by_hash[np.concatenate(hashed)] = True
-    signal = np.select(
-        [by_deep & by_hash, by_deep, by_hash], ["deep+hash", "deep", "hash"], default=""
-    ).astype(object)
-    signal[(signal == "") | pd.isna(near_dup_of)] = None
-    return signal
+    """Per row: the kinds of its own links joined by "+" (deep, hash, agree, in that order,
+    e.g. "deep+hash"); None for a row that is kept."""
+    names = np.full(n, "", dtype=object)
+    for name, (a, b) in links.items():
+        mine = np.zeros(n, dtype=bool)
+        mine[a] = mine[b] = True
+        names[mine] = np.where(names[mine] == "", name, names[mine] + "+" + name)
+    names[(names == "") | pd.isna(near_dup_of)] = None
+    return names
 
 
 # --- outliers ---------------------------------------------------------------------------------
@@ -515,9 +588,7 @@ def decide(frame: pd.DataFrame, reduced: np.ndarray, cfg: CurateSettings) -> Nea
     embedded = frame["cluster"].notna() & (frame["status"] == Status.OK)
     rows = np.flatnonzero(embedded.to_numpy())
     clusters = frame["cluster"].iloc[rows].astype(int).to_numpy()
-    hashes = PerceptualHashes.from_hex(
-        frame["phash"].iloc[rows].to_numpy(), frame["phash_flip"].iloc[rows].to_numpy()
-    )
+    hashes = PerceptualHashes.from_frame(frame.iloc[rows])
     keys = frame["key"].to_numpy()[rows]
     near = find_near_duplicates(keys, reduced[rows], cfg, clusters, hashes)
     columns = {

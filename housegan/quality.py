@@ -31,7 +31,7 @@ from housegan.manifest import Status
 
 # Bump when a score's definition or the decoder's pixels (images.DECODER_VERSION) change: scores
 # then live in a fresh folder. v2: transparency composited on white, 16-bit gray scaled.
-# v3: perceptual hashes (phash, phash_flip).
+# v3: perceptual hashes (phash, phash_flip) and mean colour.
 QUALITY_VERSION = "v3"
 QUALITY_FLAGS = (
     "dark",
@@ -50,6 +50,10 @@ QUALITY_SCHEMA = pa.schema(
         pa.field("sharpness", pa.float32()),
         pa.field("entropy", pa.float32()),
         pa.field("colorfulness", pa.float32()),
+        # mean of each channel in [0, 1]: copies keep it, look-alikes in other colours do not
+        pa.field("mean_red", pa.float32()),
+        pa.field("mean_green", pa.float32()),
+        pa.field("mean_blue", pa.float32()),
         # 64-bit pHash as imagehash writes it (16 hex digits): a string, so a missing hash is a
         # null rather than a float NaN that would round the bits.
         pa.field("phash", pa.string()),
@@ -59,6 +63,7 @@ QUALITY_SCHEMA = pa.schema(
     metadata={"housegan.quality": QUALITY_VERSION},
 )
 HASH_COLUMNS = ("phash", "phash_flip")
+MEAN_COLOUR_COLUMNS = ("mean_red", "mean_green", "mean_blue")
 SCORE_COLUMNS = tuple(
     name for name in QUALITY_SCHEMA.names if name not in ("sha256", "error", *HASH_COLUMNS)
 )
@@ -106,6 +111,9 @@ def score_image(image: Image.Image) -> dict[str, float]:
         "sharpness": _laplacian_variance(gray),
         "entropy": float(luma.entropy()),
         "colorfulness": float(np.mean(rgb.max(axis=2) - rgb.min(axis=2))),
+        "mean_red": float(red.mean()),
+        "mean_green": float(green.mean()),
+        "mean_blue": float(blue.mean()),
     }
 
 
