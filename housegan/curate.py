@@ -563,8 +563,9 @@ def assemble(
     frame = frame.merge(clusters, on="sha256", how="left", validate="many_to_one")
     frame["cluster"] = frame["cluster"].astype("Int32")
     frame = frame.merge(types, on="sha256", how="left", validate="many_to_one")
-    # Scores without hashes (made by hand, say) give those photos no hash signal.
-    scores = scores.assign(**{name: None for name in quality.HASH_COLUMNS if name not in scores})
+    # Scores without hashes or mean colours (made by hand, say): no hash signal for those.
+    optional = (*quality.HASH_COLUMNS, *quality.MEAN_COLOUR_COLUMNS)
+    scores = scores.assign(**{name: None for name in optional if name not in scores})
     score_cols = ["sha256", *quality.SCORE_COLUMNS, *quality.HASH_COLUMNS, "error"]
     scored = scores[score_cols].rename(columns={"error": "quality_error"})
     frame = frame.merge(scored, on="sha256", how="left", validate="many_to_one")
