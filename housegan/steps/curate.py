@@ -279,6 +279,7 @@ class CurateResult:
             "embeddings_reused": self.embed.reused,
             "quality_scored": self.quality.computed,
             "near_duplicate_cosine": self.filter.near_duplicate_cosine,
+            "near_duplicate_hamming": self.filter.near_duplicate_hamming,
             "type_accuracy_cv": self.type_accuracy,
             "finetune_holdout_accuracy": self.finetune and self.finetune.holdout_accuracy,
             "mlflow_run_id": self.mlflow_run_id,
@@ -299,6 +300,7 @@ def publish_curated(inputs: CurateResult, *, storage_options: Options = None) ->
         "funnel": filtered.funnel,
         "near_duplicate_cosine": filtered.near_duplicate_cosine,
         "near_duplicate_calibrated": filtered.near_duplicate_calibrated,
+        "near_duplicate_hamming": filtered.near_duplicate_hamming,
     }
     uri = curate.publish(filtered.uri, inputs.source.store_uri, metadata, storage_options)
     return replace(inputs, curated_uri=uri)
@@ -375,6 +377,11 @@ def _metrics(result: CurateResult) -> dict[str, float | None]:
     metrics |= {f"silhouette.k{k}": v for k, v in result.clusters.silhouette.items()}
     thresholds = result.filter.near_duplicate_cosine.items()
     metrics |= {f"near_duplicate_cosine.{group}": v for group, v in thresholds}
+    hamming = result.filter.near_duplicate_hamming.items()
+    metrics |= {f"near_duplicate_hamming.{group}": v for group, v in hamming}
+    signals = result.filter.near_duplicate_signals.items()
+    # MLflow metric names allow no "+": deep+hash -> deep-hash
+    metrics |= {f"near_duplicate_signal.{name.replace('+', '-')}": v for name, v in signals}
     metrics |= {
         "embed.computed": result.embed.computed,
         "embed.reused": result.embed.reused,
