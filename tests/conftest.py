@@ -121,3 +121,15 @@ def prefect_harness() -> Iterator[None]:
     finally:
         if saved is not None:
             os.environ["PREFECT_API_URL"] = saved
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module() -> Iterator[None]:
+    """Streamlit's AppTest runs a page as ``__main__`` and leaves it in ``sys.modules``; the
+    forkserver DataLoader workers of a later embed would then re-run that page (and die)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
