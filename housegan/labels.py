@@ -274,6 +274,29 @@ def assign_types(
     return frame, report
 
 
+def types_for_clusters(
+    cluster_frame: pd.DataFrame,
+    pca: np.ndarray,
+    label_table: pd.DataFrame,
+    images: pd.DataFrame,
+    cluster_cfg: ClusterSettings,
+    cfg: CurateSettings,
+) -> tuple[pd.DataFrame, ClassifierReport | None, int]:
+    """``assign_types`` over a clustering run (``cluster.read_clusters``), with the labels of
+    ``label_table`` matched to its photos by content; also returns how many labels it used."""
+    labelled = labels_by_content(label_table, images)
+    labelled = labelled[labelled.index.isin(cluster_frame["sha256"])]
+    types, report = assign_types(
+        cluster_frame["sha256"].to_numpy(),
+        pca,
+        cluster_frame["cluster"].to_numpy(),
+        labelled,
+        cluster_cfg,
+        cfg,
+    )
+    return types, report, len(labelled)
+
+
 def write_types(
     frame: pd.DataFrame,
     report: ClassifierReport | None,

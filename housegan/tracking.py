@@ -527,6 +527,12 @@ def recent_runs(experiment: str, limit: int, tracking_uri: str | None = None) ->
     return [_run_summary(run) for run in runs]
 
 
+def run_location(run_id: str, tracking_uri: str) -> tuple[str, str | None]:
+    """(artifact root, UI page or None) of an MLflow run."""
+    info = MlflowClient(tracking_uri).get_run(run_id).info
+    return info.artifact_uri, run_url(tracking_uri, info.experiment_id, run_id)
+
+
 def run_summary(run_id: str, tracking_uri: str | None = None) -> RunSummary:
     return _run_summary(MlflowClient(tracking_uri).get_run(run_id))
 

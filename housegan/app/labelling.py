@@ -159,17 +159,10 @@ def retrain(
     if clusters_uri is None:
         raise NothingThereYet(f"No clustering run in {store_uri} yet: run `housegan curate`.")
     frame, pca = cluster.read_clusters(clusters_uri, storage_options)
-    labelled = labels.labels_by_content(label_table, curated)
-    labelled = labelled[labelled.index.isin(frame["sha256"])]
-    types, report = labels.assign_types(
-        frame["sha256"].to_numpy(),
-        pca,
-        frame["cluster"].to_numpy(),
-        labelled,
-        settings.cluster,
-        settings.curate,
+    types, report, n_labels = labels.types_for_clusters(
+        frame, pca, label_table, curated, settings.cluster, settings.curate
     )
-    return Retrained(report, types, clusters_uri, len(labelled))
+    return Retrained(report, types, clusters_uri, n_labels)
 
 
 def confusion_frame(report: labels.ClassifierReport) -> pd.DataFrame | None:

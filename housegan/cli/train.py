@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from housegan.config import get_settings
-    from housegan.gan.train import TrainingDiverged
+    from housegan.gan.train import TrainingDiverged, TrainingInterrupted
     from housegan.steps.train import GanOverrides, run_train
 
     settings = get_settings()
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"manifest not found: {args.manifest} ({exc})") from exc
     except (TrainingDiverged, ValueError) as exc:  # bad options, no trainable rows, ...
         raise UserError(str(exc)) from exc
+    except TrainingInterrupted as exc:  # e.g. a spot notice: checkpointed, resumable
+        raise UserError(f"{exc}; continue with --resume --out {args.out}") from exc
     dataset, model = stage.dataset, stage.model
     print(
         f"dataset {dataset.dataset_id}: {dataset.n} images, cities {dataset.cities}, "

@@ -192,19 +192,12 @@ def assign_types(
     images = curate.read_images(inputs.manifest_uri, storage_options)
     cluster_frame, pca = cluster.read_clusters(inputs.clusters_uri, storage_options)
     label_table = labels.read_labels(inputs.labels_uri, storage_options)
-    labelled = labels.labels_by_content(label_table, images)
-    labelled = labelled[labelled.index.isin(cluster_frame["sha256"])]
-    types, report = labels.assign_types(
-        cluster_frame["sha256"].to_numpy(),
-        pca,
-        cluster_frame["cluster"].to_numpy(),
-        labelled,
-        cluster_cfg,
-        cfg,
+    types, report, n_labels = labels.types_for_clusters(
+        cluster_frame, pca, label_table, images, cluster_cfg, cfg
     )
     uri = labels.write_types(types, report, inputs.store_uri, storage_options)
     counts = {str(k): int(v) for k, v in types["image_type"].value_counts().items()}
-    return TypesResult(uri, len(labelled), report.as_dict() if report else None, counts)
+    return TypesResult(uri, n_labels, report.as_dict() if report else None, counts)
 
 
 # --- the funnel, publish ----------------------------------------------------------------------

@@ -88,6 +88,7 @@ def evaluate_model(
     progress: ProgressFactory | None = None,
 ) -> Evaluated:
     """Evaluate the model and log the run nested under its training run (``evaluate_and_log``)."""
+    from housegan import tracking
     from housegan.evaluate.evaluation import SUMMARY_METRICS, evaluate_and_log
 
     view = _Sections(
@@ -98,7 +99,7 @@ def evaluate_model(
     )
     evaluation = logged.evaluation
     summary = {name: _finite(evaluation.metrics.get(name)) for name in SUMMARY_METRICS}
-    artifact_uri, url = _run_location(logged.run_id, tracking_uri)
+    artifact_uri, url = tracking.run_location(logged.run_id, tracking_uri)
     return Evaluated(
         model_uri=evaluation.model_uri,
         model_version=logged.version.version if logged.version else None,
@@ -156,9 +157,8 @@ def promote_model(
         dataset_uri=inputs.dataset_uri,
         progress=progress,
     )
-    alias = {"champion": promote.CHAMPION, "challenger": promote.CHALLENGER}.get(result.decision)
-    if result.decision == "unchanged":  # already champion
-        alias = promote.CHAMPION
+    # "unchanged" means it already is the champion
+    alias = promote.CHALLENGER if result.decision == "challenger" else promote.CHAMPION
     return Promoted(
         result.name, result.candidate, result.decision, result.reason, result.champion_before, alias
     )
@@ -199,13 +199,3 @@ def run_evaluate(
 def _finite(value: float | None) -> float | None:
     """JSON has no NaN: a metric that could not be measured is None."""
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _run_location(run_id: str, tracking_uri: str) -> tuple[str, str | None]:
-    """(artifact root, UI page) of an MLflow run."""
-    from mlflow import MlflowClient
-
-    from housegan import tracking
-
-    info = MlflowClient(tracking_uri).get_run(run_id).info
-    return info.artifact_uri, tracking.run_url(tracking_uri, info.experiment_id, run_id)

@@ -8,6 +8,13 @@ import numpy as np
 from PIL import ExifTags, Image
 
 
+def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    """``image`` saved as ``fmt`` (Pillow's save options pass through), as bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
 def photo_bytes(
     width: int = 64,
     height: int = 48,
@@ -24,11 +31,9 @@ def photo_bytes(
     noise = rng.normal(0, 25, size=(height, width, 3))
     pixels = np.clip(ramp + noise + rng.integers(0, 55, size=3), 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB").convert(mode)
-    buffer = io.BytesIO()
     options: dict[str, object] = {"quality": quality} if fmt == "JPEG" else {}
     if exif_orientation is not None:
         exif = Image.Exif()
         exif[ExifTags.Base.Orientation] = exif_orientation
         options["exif"] = exif
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
+    return encode(image, fmt, **options)

@@ -14,31 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
 
-CITY_COLORS = {"austin": (200, 40, 40), "boston": (40, 60, 200), "denver": (40, 170, 60)}
+from housegan.testing.gan import draw
+
 GAN_TYPES = ("exterior", "landscape")
 MODEL_NAME = "housegan-cgan"
-
-
-def draw(city: str, image_type: str, rng: np.random.Generator, size: int = 48) -> Image.Image:
-    base = np.array(CITY_COLORS[city])
-    color = tuple(int(v) for v in np.clip(base + rng.integers(-30, 31, 3), 0, 255))
-    image = Image.new("RGB", (size, size), color)
-    pen = ImageDraw.Draw(image)
-    jitter = int(rng.integers(-size // 10, size // 10 + 1))
-    shade = int(rng.integers(200, 256))
-    if image_type == "exterior":
-        half, centre = size // 4 + jitter // 2, size // 2 + jitter
-        pen.rectangle([centre - half, centre - half, centre + half, centre + half], fill=shade)
-    elif image_type == "landscape":
-        top = size // 3 + jitter
-        pen.rectangle([0, top, size, top + size // 4], fill=(shade, shade, 0))
-    else:  # a floorplan-like grid of lines
-        for step in range(4, size, 8):
-            pen.line([0, step, size, step], fill=(255, 255, 255))
-            pen.line([step, 0, step, size], fill=(255, 255, 255))
-    return image
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ negatives), and every copy is made from one tile.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -19,6 +18,9 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
+
+from housegan.steps.ingest import IngestInput, ingest_source
+from housegan.testing import encode
 
 # In scikit-image's wheel (load without a download); chelsea is the same photo as cat, and
 # stereo_motorcycle's right view overlaps the left, so each appears once.
@@ -104,10 +106,9 @@ def tiles(photos: dict[str, Image.Image], grid: int = 2) -> dict[str, Image.Imag
     return out
 
 
-def encode(image: Image.Image, fmt: Literal["PNG", "JPEG"], quality: int = 92) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
+def encode_copy(image: Image.Image, fmt: Literal["PNG", "JPEG"], quality: int = 92) -> bytes:
+    """A copy as stored: JPEG at ``quality``, PNG lossless."""
+    return encode(image, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
 
 
 def make_copy(
@@ -135,8 +136,8 @@ def make_copy(
     if "reencoded" in steps:
         quality = int(rng.integers(50, 91))
         params["quality"] = quality
-        return encode(image, "JPEG", quality), "jpg", params
-    return encode(image, "PNG"), "png", params
+        return encode_copy(image, "JPEG", quality), "jpg", params
+    return encode_copy(image, "PNG"), "png", params
 
 
 def copy_set(
@@ -156,7 +157,7 @@ def copy_set(
     photos, turn = [], 0
     for family, image in sorted(originals.items()):
         image_type = (image_types or {}).get(family)
-        photos.append(Photo(family, family, None, encode(image, "JPEG"), "jpg", image_type))
+        photos.append(Photo(family, family, None, encode_copy(image, "JPEG"), "jpg", image_type))
         for number in range(copies_per_photo):
             kind = kinds[turn % len(kinds)]
             turn += 1
@@ -214,7 +215,7 @@ def curate_photos(
 ) -> pd.DataFrame:
     """Ingest a copy set from a local folder and run the whole curate stage on it (no MLflow):
     the curated frame with the truth columns ``family``, ``kind`` and ``truth`` joined on."""
-    from housegan import ingest, manifest
+    from housegan import manifest
     from housegan.config import Settings
     from housegan.steps.curate import CurateInput, run_curate
 
@@ -227,13 +228,7 @@ def curate_photos(
             **(settings or {}),
         }
     )
-    ingested = ingest.ingest(
-        cfg.source_uri,
-        cfg.store_uri,
-        key_pattern=cfg.key_pattern,
-        limits=cfg.images,
-        cfg=cfg.ingest,
-    )
+    ingested = ingest_source.run(IngestInput(cfg.source_uri, cfg.store_uri), cfg)
     result = run_curate(CurateInput.resolve(ingested.manifest_uri, cfg.store_uri), cfg, track=False)
     return manifest.read(result.curated_uri).merge(truth, on="key", how="left")
 

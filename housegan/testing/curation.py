@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from housegan import ingest, labels, manifest, synth
+from housegan import labels, manifest, synth
 from housegan.config import Settings
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA
 from housegan.steps.curate import CurateInput, CurateResult, run_curate
+from housegan.steps.ingest import IngestInput, ingest_source
 
 
 def collinear_blobs(n_per: int, k: int, dim: int = 256, seed: int = 0):
@@ -54,15 +55,8 @@ class World:
 
     def ingest(self) -> str:
         s = self.settings
-        result = ingest.ingest(
-            s.source_uri,
-            s.store_uri,
-            key_pattern=s.key_pattern,
-            limits=s.images,
-            cfg=s.ingest,
-            storage_options=s.storage_options(),
-        )
-        return result.manifest_uri
+        inputs = IngestInput(s.source_uri, s.store_uri)
+        return ingest_source.run(inputs, s, storage_options=s.storage_options()).manifest_uri
 
     def curate(self, manifest_uri: str | None = None, track: bool = False) -> CurateResult:
         options = self.settings.storage_options()

@@ -1,69 +1,22 @@
 """Small packed datasets and reference "generators" for evaluation tests and benchmarks.
 
-Photos are class-dependent on purpose: the city sets the background hue, the image type the
-shape drawn on it (a centred square for "exterior", a band for "landscape"), with jitter, so a
-classifier can tell cells apart and a GAN can learn them in seconds. The reference sources
+Photos are the class-dependent drawings of ``housegan.testing.gan`` (city = hue, type = shape),
+so a classifier can tell cells apart and a GAN can learn them in seconds. The reference sources
 bracket any real model: a memorizer (returns training photos: a copier) and uniform noise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from PIL import Image, ImageDraw
 
+from housegan.config import EmbedSettings
 from housegan.gan.data import PackedDataset
+from housegan.testing.gan import TYPES, draw
 
-CITY_COLORS = {
-    "austin": (200, 40, 40),
-    "boston": (40, 60, 200),
-    "denver": (40, 170, 60),
-    "miami": (200, 160, 40),
-}
-TYPES = ("exterior", "landscape")
-
-
-def draw(city: str, image_type: str, rng: np.random.Generator, size: int = 48) -> Image.Image:
-    base = np.array(CITY_COLORS[city])
-    color = tuple(int(v) for v in np.clip(base + rng.integers(-30, 31, 3), 0, 255))
-    image = Image.new("RGB", (size, size), color)
-    pen = ImageDraw.Draw(image)
-    jitter = int(rng.integers(-size // 10, size // 10 + 1))
-    shade = int(rng.integers(200, 256))
-    if image_type == "exterior":
-        half = size // 4 + jitter // 2
-        c = size // 2 + jitter
-        pen.rectangle([c - half, c - half, c + half, c + half], fill=(shade, shade, shade))
-    else:
-        top = size // 3 + jitter
-        pen.rectangle([0, top, size, top + size // 4], fill=(shade, shade, 0))
-    return image
-
-
-def write_photos(
-    root: Path,
-    per_class: int,
-    cities: Sequence[str] = ("austin", "boston"),
-    types: Sequence[str] = TYPES,
-    seed: int = 0,
-    size: int = 48,
-) -> Path:
-    """PNGs under ``root/photos`` and a manifest Parquet naming them; returns the manifest."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for city in cities:
-        for image_type in types:
-            for i in range(per_class):
-                path = root / "photos" / city / f"{image_type}-{i:03d}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                draw(city, image_type, rng, size).save(path)
-                rows.append({"uri": path.as_uri(), "city": city, "image_type": image_type})
-    manifest = root / "manifest.parquet"
-    pd.DataFrame(rows).to_parquet(manifest)
-    return manifest
+# A small, fast embedder for evaluation tests: pooled conv5 at 32 px (seconds, not minutes).
+TINY_EMBED = EmbedSettings(input_size=32, layer="conv5", num_workers=0, batch_size=64)
 
 
 def packed(

@@ -16,6 +16,7 @@ from housegan.cli import main
 from housegan.config import CurateSettings, get_settings
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA
 from housegan.steps.curate import CurateResult
+from housegan.testing import encode
 from housegan.testing.curation import World, build_world, manifest_frame
 
 
@@ -352,11 +353,6 @@ def test_curating_an_unchanged_manifest_embeds_and_scores_nothing(world, first_r
 def copies_of(image: Image.Image) -> dict[str, tuple[bytes, str]]:
     """Resized, re-encoded and slightly cropped (2% a side) copies: bytes and extension."""
     w, h = image.size
-
-    def encode(img: Image.Image, fmt: str, **params) -> bytes:
-        buffer = io.BytesIO()
-        img.save(buffer, format=fmt, **params)
-        return buffer.getvalue()
 
     cropped = image.crop((w // 50, h // 50, w - w // 50, h - h // 50))
     return {

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from housegan.config import get_settings
-from housegan.testing.evaluation import write_photos
+from housegan.testing.gan import write_photos
 
 NAME = "cgan-flow"
 EVALUATE_ENV = {

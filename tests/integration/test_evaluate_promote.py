@@ -11,16 +11,17 @@ import pytest
 import torch
 
 from housegan import tracking
-from housegan.config import EmbedSettings, EvaluateSettings, Settings
+from housegan.config import EvaluateSettings, Settings
 from housegan.evaluate import promote
 from housegan.evaluate.evaluation import ModelEvaluation, evaluation_key
 from housegan.gan import serving
 from housegan.gan.data import prepare
 from housegan.gan.models import Generator, ModelSpec
-from housegan.testing.evaluation import write_photos
+from housegan.testing.evaluation import TINY_EMBED
+from housegan.testing.gan import write_photos
 
 NAME = "cgan-gate"
-EMBED = EmbedSettings(input_size=32, layer="conv5", num_workers=0, batch_size=64)
+EMBED = TINY_EMBED
 EVALUATE = EvaluateSettings(
     samples_per_cell=8,
     device="cpu",

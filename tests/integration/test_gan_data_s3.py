@@ -10,12 +10,7 @@ from PIL import Image
 
 from housegan import storage
 from housegan.gan.data import load_packed, prepare
-
-
-def _png(image: Image.Image, **save_args) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=save_args.pop("format", "PNG"), **save_args)
-    return buffer.getvalue()
+from housegan.testing import encode
 
 
 @pytest.mark.integration
@@ -24,7 +19,7 @@ def test_prepare_reads_photos_and_writes_the_dataset_on_s3(settings, s3_server, 
     rows = []
     for i, (city, color) in enumerate([("austin", "red"), ("boston", "blue")]):
         key = f"raw/{city}/l{i}/p.png"
-        client.put_object(Bucket=bucket, Key=key, Body=_png(Image.new("RGB", (50, 40), color)))
+        client.put_object(Bucket=bucket, Key=key, Body=encode(Image.new("RGB", (50, 40), color)))
         rows.append({"uri": f"s3://{bucket}/{key}", "city": city, "image_type": "exterior"})
     options = settings.storage_options()
     manifest_uri = f"s3://{bucket}/manifests/train.parquet"

@@ -11,30 +11,12 @@ import pytest
 
 from housegan import collections, storage
 from housegan.collections import Index, PartsCollection, VersionedCollection
-
-SCHEMA = pa.schema(
-    [
-        pa.field("sha256", pa.string(), nullable=False),
-        pa.field("score", pa.int64()),
-        pa.field("status", pa.string()),
-    ]
-)
-
-
-def rows(*triples: tuple[str, int, str]) -> pa.Table:
-    sha256s, scores, statuses = zip(*triples, strict=True)
-    return pa.table(
-        {"sha256": list(sha256s), "score": list(scores), "status": list(statuses)}, schema=SCHEMA
-    )
-
-
-def as_dict(table: pa.Table) -> dict[str, int]:
-    return dict(zip(table["sha256"].to_pylist(), table["score"].to_pylist(), strict=True))
+from housegan.testing.parts import SCORE_SCHEMA, score_rows, scores_by_key
 
 
 @pytest.fixture
 def parts(tmp_path: Path) -> PartsCollection:
-    return PartsCollection((tmp_path / "scores").as_uri(), "sha256", SCHEMA)
+    return PartsCollection((tmp_path / "scores").as_uri(), "sha256", SCORE_SCHEMA)
 
 
 # --- versioned collections -------------------------------------------------------------------
@@ -52,17 +34,17 @@ def test_versions_are_immutable_and_latest_names_the_newest(tmp_path: Path):
 
 def test_crash_before_the_pointer_leaves_the_old_latest_readable(tmp_path: Path, monkeypatch):
     versions = VersionedCollection((tmp_path / "m").as_uri())
-    old = versions.put_table(rows(("a", 1, "ok")))
+    old = versions.put_table(score_rows(("a", 1, "ok")))
 
     def crash(*args, **kwargs):
         raise OSError("killed between the version and its pointer")
 
     monkeypatch.setattr(storage, "publish_pointer", crash)
     with pytest.raises(OSError, match="killed"):
-        versions.put_table(rows(("b", 2, "ok")))
+        versions.put_table(score_rows(("b", 2, "ok")))
     monkeypatch.undo()
     assert versions.latest() == old
-    assert as_dict(versions.read_table()) == {"a": 1}
+    assert scores_by_key(versions.read_table()) == {"a": 1}
     assert len(list((tmp_path / "m").glob("*.parquet"))) == 2  # the orphan is left, unnamed
 
 
@@ -75,7 +57,7 @@ def test_resolve_takes_a_file_or_a_folder_meaning_its_latest(tmp_path: Path):
     folder = (tmp_path / "m").as_uri()
     with pytest.raises(FileNotFoundError, match="neither"):
         collections.resolve(folder)
-    version = VersionedCollection(folder).put_table(rows(("a", 1, "ok")))
+    version = VersionedCollection(folder).put_table(score_rows(("a", 1, "ok")))
     assert collections.resolve(folder) == version
     assert collections.resolve(version) == version
 
@@ -91,18 +73,18 @@ def test_a_version_from_another_collection_is_not_published(tmp_path: Path):
 
 
 def test_reader_reads_exactly_the_published_parts(parts: PartsCollection):
-    first = parts.append(rows(("a", 1, "ok"), ("b", 2, "ok")))
-    second = parts.append(rows(("c", 3, "ok")))
-    parts.append(rows(("d", 4, "ok")))  # written, never published (a crash, a lost task)
+    first = parts.append(score_rows(("a", 1, "ok"), ("b", 2, "ok")))
+    second = parts.append(score_rows(("c", 3, "ok")))
+    parts.append(score_rows(("d", 4, "ok")))  # written, never published (a crash, a lost task)
     assert parts.index() is None and parts.read().num_rows == 0
     parts.publish([first, second])
-    assert as_dict(parts.read()) == {"a": 1, "b": 2, "c": 3}
+    assert scores_by_key(parts.read()) == {"a": 1, "b": 2, "c": 3}
     assert [part.rows for part in parts.list_parts()] == [2, 1]
 
 
 def test_each_publish_is_a_new_index_naming_the_old_parts_and_the_new(parts: PartsCollection):
-    first_index = parts.publish([parts.append(rows(("a", 1, "ok")))])
-    second_index = parts.publish([parts.append(rows(("b", 2, "ok")))])
+    first_index = parts.publish([parts.append(score_rows(("a", 1, "ok")))])
+    second_index = parts.publish([parts.append(score_rows(("b", 2, "ok")))])
     old, new = (json.loads(storage.read_bytes(uri)) for uri in (first_index, second_index))
     assert (old["rows"], new["rows"]) == (1, 2)
     assert old["parts"] == new["parts"][:1]
@@ -110,7 +92,7 @@ def test_each_publish_is_a_new_index_naming_the_old_parts_and_the_new(parts: Par
 
 
 def test_publishing_a_part_twice_names_it_once(parts: PartsCollection):
-    part = parts.append(rows(("a", 1, "ok")))
+    part = parts.append(score_rows(("a", 1, "ok")))
     parts.publish([part, part])
     parts.publish([part])
     assert len(parts.list_parts()) == 1 and parts.read().num_rows == 1
@@ -120,13 +102,13 @@ def test_publish_new_without_new_parts_keeps_the_latest_index(parts: PartsCollec
     empty = parts.publish_new([])  # no index yet: an empty one, so readers can open something
     assert parts.index() == Index((), empty)
     assert parts.publish_new([]) == empty
-    assert parts.publish_new([parts.append(rows(("a", 1, "ok")))]) != empty
+    assert parts.publish_new([parts.append(score_rows(("a", 1, "ok")))]) != empty
 
 
 def test_part_of_another_schema_or_folder_is_refused(parts: PartsCollection, tmp_path: Path):
     with pytest.raises(ValueError, match="schema"):
         parts.append(pa.table({"sha256": ["a"]}))
-    elsewhere = storage.write_parquet(rows(("a", 1, "ok")), (tmp_path / "x.parquet").as_uri())
+    elsewhere = storage.write_parquet(score_rows(("a", 1, "ok")), (tmp_path / "x.parquet").as_uri())
     with pytest.raises(ValueError, match="not inside"):
         parts.publish([elsewhere])
 
@@ -134,7 +116,10 @@ def test_part_of_another_schema_or_folder_is_refused(parts: PartsCollection, tmp
 def test_publisher_whose_index_was_replaced_publishes_again_on_top(
     parts: PartsCollection, monkeypatch
 ):
-    ours, theirs = parts.append(rows(("a", 1, "ok"))), parts.append(rows(("b", 2, "ok")))
+    ours, theirs = (
+        parts.append(score_rows(("a", 1, "ok"))),
+        parts.append(score_rows(("b", 2, "ok"))),
+    )
     real_publish = VersionedCollection.publish
     raced = []
 
@@ -149,7 +134,7 @@ def test_publisher_whose_index_was_replaced_publishes_again_on_top(
 
     monkeypatch.setattr(VersionedCollection, "publish", racing_publish)
     parts.publish([ours])
-    assert as_dict(parts.read()) == {"a": 1, "b": 2}  # neither publisher's part is lost
+    assert scores_by_key(parts.read()) == {"a": 1, "b": 2}  # neither publisher's part is lost
 
 
 # --- parts collections: the reader ------------------------------------------------------------
@@ -160,8 +145,8 @@ def test_key_filter_reads_only_the_wanted_rows_and_skips_other_parts(
 ):
     parts.publish(
         [
-            parts.append(rows(("a", 1, "ok"), ("b", 2, "ok"))),
-            parts.append(rows(("c", 3, "ok"), ("d", 4, "ok"))),
+            parts.append(score_rows(("a", 1, "ok"), ("b", 2, "ok"))),
+            parts.append(score_rows(("c", 3, "ok"), ("d", 4, "ok"))),
         ]
     )
     reads: list[list[str]] = []
@@ -172,39 +157,41 @@ def test_key_filter_reads_only_the_wanted_rows_and_skips_other_parts(
         return real_read(self, columns=columns, **kwargs)
 
     monkeypatch.setattr(pq.ParquetFile, "read", spy)
-    assert as_dict(parts.read(keys=["b", "zz"])) == {"b": 2}
+    assert scores_by_key(parts.read(keys=["b", "zz"])) == {"b": 2}
     # The second part holds no wanted key: only its key column was read.
     assert reads == [["sha256"], ["score", "status"], ["sha256"]]
     assert parts.read(keys=[]).num_rows == 0
 
 
 def test_dedupe_keeps_the_last_written_row_of_each_key(parts: PartsCollection):
-    parts.publish([parts.append(rows(("a", 1, "ok"), ("b", 2, "ok"), ("a", 3, "ok")))])
-    parts.publish([parts.append(rows(("b", 20, "ok"), ("c", 30, "ok")))])
+    parts.publish([parts.append(score_rows(("a", 1, "ok"), ("b", 2, "ok"), ("a", 3, "ok")))])
+    parts.publish([parts.append(score_rows(("b", 20, "ok"), ("c", 30, "ok")))])
     assert parts.read().num_rows == 5  # nothing is merged unless asked
-    assert as_dict(parts.read(dedupe=True)) == {"a": 3, "b": 20, "c": 30}
-    assert as_dict(parts.read(keys=["a", "b"], dedupe=True)) == {"a": 3, "b": 20}
+    assert scores_by_key(parts.read(dedupe=True)) == {"a": 3, "b": 20, "c": 30}
+    assert scores_by_key(parts.read(keys=["a", "b"], dedupe=True)) == {"a": 3, "b": 20}
 
 
 def test_where_filters_before_dedupe_so_a_later_failure_hides_no_success(
     parts: PartsCollection,
 ):
-    parts.publish([parts.append(rows(("a", 1, "ok"), ("b", 2, "ok")))])
-    parts.publish([parts.append(rows(("a", 0, "unreadable")))])
+    parts.publish([parts.append(score_rows(("a", 1, "ok"), ("b", 2, "ok")))])
+    parts.publish([parts.append(score_rows(("a", 0, "unreadable")))])
     ok = parts.read(["sha256", "score"], where={"status": ["ok"]}, dedupe=True)
-    assert as_dict(ok) == {"a": 1, "b": 2} and ok.column_names == ["sha256", "score"]
+    assert scores_by_key(ok) == {"a": 1, "b": 2} and ok.column_names == ["sha256", "score"]
 
 
 def test_scan_streams_one_table_per_part_and_takes_a_fixed_part_list(parts: PartsCollection):
-    parts.publish([parts.append(rows(("a", 1, "ok"))), parts.append(rows(("b", 2, "ok")))])
+    parts.publish(
+        [parts.append(score_rows(("a", 1, "ok"))), parts.append(score_rows(("b", 2, "ok")))]
+    )
     fixed = parts.list_parts()
-    parts.publish([parts.append(rows(("c", 3, "ok")))])  # published between two passes
-    assert [as_dict(t) for t in parts.scan(parts=fixed)] == [{"a": 1}, {"b": 2}]
+    parts.publish([parts.append(score_rows(("c", 3, "ok")))])  # published between two passes
+    assert [scores_by_key(t) for t in parts.scan(parts=fixed)] == [{"a": 1}, {"b": 2}]
     assert len(list(parts.scan())) == 3
 
 
 def test_empty_collection_reads_as_the_schemas_empty_table(parts: PartsCollection):
-    assert parts.read().schema.names == SCHEMA.names
+    assert parts.read().schema.names == SCORE_SCHEMA.names
     assert parts.read(["score"]).column_names == ["score"]
 
 
@@ -217,12 +204,16 @@ def test_collection_without_a_key_refuses_keys_and_dedupe(tmp_path: Path):
 def test_folder_of_parts_written_before_indexes_is_read_and_taken_over(
     parts: PartsCollection, tmp_path: Path
 ):
-    storage.write_parquet(rows(("a", 1, "ok")), parts.part_uri("20260101T000000000000Z-0.parquet"))
-    storage.write_parquet(rows(("a", 2, "ok")), parts.part_uri("20260102T000000000000Z-1.parquet"))
-    assert as_dict(parts.read(dedupe=True)) == {"a": 2}
-    parts.publish([parts.append(rows(("b", 3, "ok")))])
+    storage.write_parquet(
+        score_rows(("a", 1, "ok")), parts.part_uri("20260101T000000000000Z-0.parquet")
+    )
+    storage.write_parquet(
+        score_rows(("a", 2, "ok")), parts.part_uri("20260102T000000000000Z-1.parquet")
+    )
+    assert scores_by_key(parts.read(dedupe=True)) == {"a": 2}
+    parts.publish([parts.append(score_rows(("b", 3, "ok")))])
     assert [part.rows for part in parts.list_parts()] == [1, 1, 1]
-    assert as_dict(parts.read(dedupe=True)) == {"a": 2, "b": 3}
+    assert scores_by_key(parts.read(dedupe=True)) == {"a": 2, "b": 3}
 
 
 # --- on S3 ------------------------------------------------------------------------------------

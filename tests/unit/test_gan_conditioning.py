@@ -13,7 +13,7 @@ from housegan.config import GanSettings
 from housegan.gan import serving
 from housegan.gan.data import load_packed
 from housegan.gan.train import train
-from housegan.testing.gan import prepared_dataset
+from housegan.testing.gan import LEARNING_GAN, prepared_dataset
 
 SAMPLES_PER_CLASS = 50
 
@@ -39,20 +39,7 @@ def _real_classifier(root: Path) -> tuple[LogisticRegression, str]:
 @pytest.mark.slow
 def test_generated_images_are_classified_as_their_conditioned_class(tmp_path: Path) -> None:
     classifier, dataset = _real_classifier(tmp_path)
-    cfg = GanSettings(
-        image_size=32,
-        width=8,
-        batch_size=16,
-        z_dim=32,
-        embed_dim=16,
-        g_lr=2e-4,
-        d_lr=8e-4,
-        steps=320,
-        log_every=40,
-        snapshot_every=10_000,
-        device="cpu",
-        cpu_threads=1,
-    )
+    cfg = GanSettings(**LEARNING_GAN, cpu_threads=1)
     train(dataset, str(tmp_path / "run"), cfg)
     model = serving.load_generator(tmp_path / "run")
 

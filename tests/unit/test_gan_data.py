@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -14,13 +13,8 @@ from PIL import Image
 from housegan import storage
 from housegan.gan import data
 from housegan.gan.data import load_packed, prepare, select_rows
+from housegan.testing import encode
 from housegan.testing.gan import write_photos
-
-
-def _png(image: Image.Image, **save_args) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=save_args.pop("format", "PNG"), **save_args)
-    return buffer.getvalue()
 
 
 def _manifest(tmp_path: Path, rows: list[dict]) -> str:
@@ -81,7 +75,7 @@ def test_prepare_is_idempotent_and_the_id_depends_on_size_and_labels(tmp_path: P
 
 def test_undecodable_photos_are_recorded_not_fatal(tmp_path: Path) -> None:
     good = tmp_path / "good.png"
-    good.write_bytes(_png(Image.new("RGB", (40, 30), "red")))
+    good.write_bytes(encode(Image.new("RGB", (40, 30), "red")))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
     rows = [
@@ -104,14 +98,14 @@ def test_exif_orientation_is_applied_before_the_center_crop(tmp_path: Path) -> N
     exif = Image.Exif()
     exif[0x0112] = 6
     photo = tmp_path / "rotated.jpg"
-    photo.write_bytes(_png(stored, format="JPEG", exif=exif, quality=95))
+    photo.write_bytes(encode(stored, "JPEG", exif=exif, quality=95))
 
     pixels = data.load_image(photo.read_bytes(), 32).astype(int)
     assert pixels.shape == (32, 32, 3)
     top, bottom = pixels[:10], pixels[22:]
     assert top[..., 0].mean() > 200 and top[..., 2].mean() < 60
     assert bottom[..., 2].mean() > 200 and bottom[..., 0].mean() < 60
-    upright = data.load_image(_png(stored), 32).astype(int)  # no EXIF: red stays on the left
+    upright = data.load_image(encode(stored), 32).astype(int)  # no EXIF: red stays on the left
     assert upright[:, :10, 0].mean() > 200 and upright[:10, 22:, 0].mean() < 60
 
 

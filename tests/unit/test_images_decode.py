@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +16,11 @@ from housegan.config import CurateSettings
 from housegan.gan import data
 from housegan.images import ImageRejected, decode_rgb
 from housegan.manifest import Status
+from housegan.testing import encode
 
 SIDE = 64
 SQUARE = slice(20, 44)  # the transparent square, in both axes
 WHITE = (255, 255, 255)
-
-
-def _encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def _hidden_red_pixels() -> np.ndarray:
@@ -40,19 +34,19 @@ def _hidden_red_pixels() -> np.ndarray:
 
 
 def _hidden_red_photo() -> bytes:
-    return _encode(Image.fromarray(_hidden_red_pixels(), "RGBA"))
+    return encode(Image.fromarray(_hidden_red_pixels(), "RGBA"))
 
 
 def _flattened_by_hand() -> bytes:
     """The same photo as a viewer shows it: the transparent square white."""
     pixels = _hidden_red_pixels()[..., :3].copy()
     pixels[SQUARE, SQUARE] = WHITE
-    return _encode(Image.fromarray(pixels, "RGB"))
+    return encode(Image.fromarray(pixels, "RGB"))
 
 
 def _hidden_pixels_shown() -> bytes:
     """What dropping the alpha channel gives: the red square visible."""
-    return _encode(Image.fromarray(_hidden_red_pixels()[..., :3].copy(), "RGB"))
+    return encode(Image.fromarray(_hidden_red_pixels()[..., :3].copy(), "RGB"))
 
 
 def _write(folder: Path, name: str, payload: bytes) -> str:
@@ -132,7 +126,7 @@ def test_palette_with_transparency_is_white_where_transparent() -> None:
         for y in range(8):
             palette.putpixel((x, y), 0)
     for fmt in ("PNG", "GIF"):
-        rgb = decode_rgb(_encode(palette, fmt, transparency=0))
+        rgb = decode_rgb(encode(palette, fmt, transparency=0))
         assert rgb.mode == "RGB"
         assert rgb.getpixel((1, 1)) == WHITE, fmt
         assert rgb.getpixel((6, 6)) == (0, 160, 0), fmt
@@ -141,17 +135,17 @@ def test_palette_with_transparency_is_white_where_transparent() -> None:
 def test_gray_with_alpha_and_palette_alpha_are_composited_on_white() -> None:
     gray = Image.new("LA", (8, 8), (30, 255))
     gray.paste((30, 0), (0, 0, 4, 8))
-    rgb = decode_rgb(_encode(gray))
+    rgb = decode_rgb(encode(gray))
     assert rgb.getpixel((1, 1)) == WHITE and rgb.getpixel((6, 6)) == (30, 30, 30)
     keyed = Image.new("RGB", (8, 8), (9, 9, 9))  # a tRNS colour key instead of an alpha channel
     keyed.paste((200, 10, 10), (0, 0, 4, 8))
-    rgb = decode_rgb(_encode(keyed, transparency=(9, 9, 9)))
+    rgb = decode_rgb(encode(keyed, transparency=(9, 9, 9)))
     assert rgb.getpixel((6, 6)) == WHITE and rgb.getpixel((1, 1)) == (200, 10, 10)
 
 
 def test_cmyk_jpeg_decodes_to_its_rgb_colour() -> None:
     cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in print colours
-    red = np.asarray(decode_rgb(_encode(cmyk, "JPEG", quality=95))).astype(int)
+    red = np.asarray(decode_rgb(encode(cmyk, "JPEG", quality=95))).astype(int)
     assert red.shape == (16, 16, 3)
     assert red[..., 0].min() > 230 and red[..., 1:].max() < 25
 
@@ -161,14 +155,14 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(fmt: str) -> None:
     levels = np.array([[0, 16_384, 32_768, 65_535]], dtype=np.uint16).repeat(4, axis=0)
     stored = Image.fromarray(levels)
     assert stored.mode == "I;16"
-    rgb = np.asarray(decode_rgb(_encode(stored, fmt)))
+    rgb = np.asarray(decode_rgb(encode(stored, fmt)))
     assert rgb[0, :, 0].tolist() == [0, 64, 128, 255]  # Pillow's own convert gives 0, 255, 255, 255
     assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
 
 
 def test_float_grayscale_in_unit_range_is_scaled() -> None:
     levels = np.array([[0.0, 0.5, 1.0]], dtype=np.float32).repeat(3, axis=0)
-    rgb = np.asarray(decode_rgb(_encode(Image.fromarray(levels, "F"), "TIFF")))
+    rgb = np.asarray(decode_rgb(encode(Image.fromarray(levels, "F"), "TIFF")))
     assert rgb[0, :, 0].tolist() == [0, 128, 255]
 
 
@@ -178,7 +172,7 @@ def test_exif_rotated_photo_decodes_as_displayed() -> None:
     exif = Image.Exif()
     exif[ExifTags.Base.Orientation] = 6  # "rotate 90 degrees clockwise to display"
     for fmt, options in (("PNG", {}), ("JPEG", {"quality": 95})):
-        shown = np.asarray(decode_rgb(_encode(stored, fmt, exif=exif, **options))).astype(int)
+        shown = np.asarray(decode_rgb(encode(stored, fmt, exif=exif, **options))).astype(int)
         assert shown.shape == (60, 20, 3), fmt
         assert shown[:8, :, 0].mean() > 200 and shown[:8, :, 2].mean() < 60, fmt  # left -> top
         assert shown[-8:, :, 2].mean() > 200, fmt
@@ -187,14 +181,14 @@ def test_exif_rotated_photo_decodes_as_displayed() -> None:
 def test_max_side_shrinks_keeping_the_aspect_ratio() -> None:
     big = Image.new("RGB", (1600, 1200), (10, 200, 30))
     for fmt in ("JPEG", "PNG"):
-        small = decode_rgb(_encode(big, fmt), max_side=100)
+        small = decode_rgb(encode(big, fmt), max_side=100)
         assert small.size == (100, 75), fmt
-    assert decode_rgb(_encode(big, "JPEG"), draft_side=300).size == (400, 300)  # 1/4 scale
-    assert decode_rgb(_encode(Image.new("RGB", (40, 30))), max_side=100).size == (40, 30)
+    assert decode_rgb(encode(big, "JPEG"), draft_side=300).size == (400, 300)  # 1/4 scale
+    assert decode_rgb(encode(Image.new("RGB", (40, 30))), max_side=100).size == (40, 30)
 
 
 def test_undecodable_bytes_raise_image_rejected() -> None:
-    photo = _encode(Image.new("RGB", (96, 64), "gray"), "JPEG")
+    photo = encode(Image.new("RGB", (96, 64), "gray"), "JPEG")
     for payload in (b"", b"not an image", photo[:200]):
         with pytest.raises(ImageRejected):
             decode_rgb(payload)
