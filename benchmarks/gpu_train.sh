@@ -2,9 +2,12 @@
 # GPU training benchmark for the conditional GAN, in one command, on a bare GPU machine that has
 # this repository. Prints img/s at R=64 and R=128 with bf16 on/off and torch.compile on/off,
 # FLOPs per training image and the achieved share of the GPU's bf16 peak
-# (GFLOP/img x img/s / peak). Budgeted to finish in under 8 minutes on an H100/H200.
+# (GFLOP/img x img/s / peak), then trains the default recipe at R=64 for --recipe-kimg and prints
+# its evaluation (conditioning accuracy, KID, diversity, copy rate; benchmarks/bench_recipe.py).
+# Budgeted to finish in under 8 minutes on an H100/H200.
 #
 #   benchmarks/gpu_train.sh [--peak-tflops 989] [--batch-size 256] [--steps 200] [--width 32]
+#                           [--recipe-kimg 200]
 #   benchmarks/gpu_train.sh --cpu-smoke      # seconds-long CPU run that checks the script itself
 #
 # Python, first that works: $PYTHON; .venv/bin/python (`make install`); a python3 whose torch
@@ -20,6 +23,7 @@ PEAK=989
 BATCH=256
 STEPS=200
 WIDTH=32
+RECIPE_KIMG=200
 SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,6 +31,7 @@ while [ $# -gt 0 ]; do
     --batch-size) BATCH="$2"; shift 2 ;;
     --steps) STEPS="$2"; shift 2 ;;
     --width) WIDTH="$2"; shift 2 ;;
+    --recipe-kimg) RECIPE_KIMG="$2"; shift 2 ;;
     --cpu-smoke) SMOKE=1; shift ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -70,3 +75,13 @@ time "$PY" benchmarks/bench_train.py --device cuda --sizes 64 128 --precision bf
   --compile off on --batch-size "$BATCH" --steps "$STEPS" --log-every 25 --bare-steps 20 \
   --warmup 3 --width "$WIDTH" --images 2048 --peak-tflops "$PEAK" --json "$JSON"
 echo "target: >= 5500 img/s at R=128 and >= 30% of the bf16 peak; rows in $JSON"
+
+# What the recipe learns in a fixed budget at R=64: conditioning accuracy, KID, diversity, copy
+# rate (housegan.evaluate on the GPU), on real photo crops and the synthetic listings.
+if "$PY" -c "import sklearn, skimage, torch_fidelity" 2>/dev/null; then
+  time "$PY" benchmarks/bench_recipe.py --device cuda --size 64 --kimg "$RECIPE_KIMG" \
+    --sets photo_crops listings --recipes defaults --samples 200 --embed-size 64 \
+    --out "${OUT:-.housegan}/recipe-gpu"
+else
+  echo "skipping the recipe metrics: $PY lacks scikit-learn, scikit-image or torch-fidelity"
+fi

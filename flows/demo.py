@@ -20,6 +20,9 @@ from housegan.steps import to_json
 from housegan.steps.evaluate import PAIRS_DIR
 from tasks.evaluate import metrics_line
 from tasks.synth import seed_labels_task, synthesize_task
+from tasks.train import sample_grid_task
+
+GRID_PATH = ".housegan/demo/samples.png"  # the final model's images, one row per (city, type)
 
 
 @flow(name="demo")
@@ -41,7 +44,9 @@ def demo_flow(
         kimg=kimg,
         max_minutes=max_minutes,
     )
-    return {"synth": synthetic, "labels": labelled, **refreshed}
+    trained = refreshed["train"]
+    grid = sample_grid_task(trained.model_uri, GRID_PATH, seed) if trained else None
+    return {"synth": synthetic, "labels": labelled, "grid": grid, **refreshed}
 
 
 def print_summary(result: dict[str, Any]) -> None:
@@ -64,6 +69,8 @@ def print_summary(result: dict[str, Any]) -> None:
     if train:
         print(f"model      {train.model_uri}  ({train.kimg:.1f} kimg, {train.step} steps)")
         print(f"samples    {train.samples_uri}")
+    if result.get("grid"):
+        print(f"           final grid {result['grid']}  (one row per city x type)")
     _print_evaluation(result.get("evaluate"), result.get("promote"))
     prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     print("\nwhere to look")

@@ -86,7 +86,7 @@ class EmbedSettings(BaseModel):
         64, ge=1, description="64 amortizes fc6 (100 M weights) better than 32 on CPU"
     )
     num_workers: int = Field(2, ge=0, description="DataLoader processes decoding images")
-    bf16: bool = True
+    bf16: bool = Field(True, description="bf16 autocast where native (AVX-512 bf16, AMX, CUDA)")
     seed: int = Field(0, description="seeds the random init when weights='none'")
 
     @field_validator("weights")
@@ -223,7 +223,7 @@ class GanSettings(BaseModel):
 
     # data and budget
     image_size: int = Field(64, description=f"R, the generated side: one of {IMAGE_SIZES}")
-    batch_size: int = Field(64, ge=1, description="images per step and per process (DDP rank)")
+    batch_size: int = Field(32, ge=1, description="images per step and per process (DDP rank)")
     kimg: float = Field(10.0, gt=0, description="budget: thousands of real images shown")
     steps: int | None = Field(None, ge=1, description="budget in steps; overrides kimg when set")
     max_minutes: float | None = Field(
@@ -232,18 +232,33 @@ class GanSettings(BaseModel):
     balanced: bool = Field(False, description="sample (city, type) classes equally often")
     xflip: bool = Field(True, description="random horizontal flips of real images")
     diffaugment: str = Field(
-        "translation,color,cutout", description="DiffAugment policy on real and fake; '' = none"
+        "translation,cutout", description="DiffAugment policy on real and fake; '' = none"
     )
+    ada_target: float | None = Field(
+        0.6,
+        gt=0,
+        lt=1,
+        description="adaptive augmentation (StyleGAN2-ADA): each op's probability p rises while "
+        "the share of reals D scores positive exceeds this; None = every op on every image",
+    )
+    ada_kimg: float = Field(20.0, gt=0, description="ADA speed: kimg for p to go from 0 to 1")
+    ada_interval: int = Field(4, ge=1, description="steps between adjustments of p")
     # models (see housegan.gan.models.ModelSpec)
-    width: int = Field(32, ge=1, description="base channels; the widest stage has 16x this")
+    width: int = Field(16, ge=1, description="base channels; the widest stage has 16x this")
     z_dim: int = Field(128, ge=2)
     embed_dim: int = Field(128, ge=1, description="size of each shared label embedding")
     hierarchical_z: bool = True
     # optimisation
-    g_lr: float = Field(1e-4, gt=0)
+    g_lr: float = Field(2e-4, gt=0)
     d_lr: float = Field(4e-4, gt=0, description="TTUR: D learns faster than G")
     adam_betas: tuple[float, float] = (0.0, 0.999)
     d_steps: int = Field(1, ge=1, description="D updates per G update")
+    class_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of D's auxiliary label classifiers (AC-GAN) in both losses; 0 = "
+        "projection only",
+    )
     ema_kimg: float = Field(10.0, gt=0, description="EMA half-life of G_ema, in kimg")
     ema_rampup: float | None = Field(
         0.05, description="early on, half-life <= this fraction of images shown so far"

@@ -19,7 +19,7 @@ from pydantic import AfterValidator
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceSpec", "parse_device_spec", "resolve_device"]
+__all__ = ["DeviceSpec", "fast_bf16", "parse_device_spec", "resolve_device"]
 
 _SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
 ALLOWED = "'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -64,3 +64,15 @@ def resolve_device(spec: str | torch.device = "auto", local_rank: int = 0) -> to
             f"device {spec!r} asked for (as {name}), but only {count} CUDA device(s) are visible"
         )
     return device
+
+
+def fast_bf16(device: str | torch.device) -> bool:
+    """Whether bf16 compute is native on ``device``: a CUDA GPU that supports it, or a CPU with
+    AVX-512 bf16 or AMX. Elsewhere (an AVX2-only CPU) torch emulates bf16 and it runs ~8x
+    slower than float32, so callers asking for bf16 fall back to float32 there."""
+    import torch
+
+    device = torch.device(device) if isinstance(device, str) else device
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

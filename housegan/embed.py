@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import functional as TF
 from housegan import images, manifest, storage
 from housegan.collections import Index, PartsCollection
 from housegan.config import EmbedSettings
-from housegan.devices import DeviceSpec, resolve_device
+from housegan.devices import DeviceSpec, fast_bf16, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,9 @@ def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.inference_mode()
 def embed_batch(model: nn.Module, images: torch.Tensor, bf16: bool = True) -> np.ndarray:
-    """Vectors (float32 [N, dim]) of model-ready images; bf16 autocast when asked."""
+    """Vectors (float32 [N, dim]) of model-ready images; bf16 autocast when asked and native
+    on the device (``devices.fast_bf16``)."""
+    bf16 = bf16 and fast_bf16(images.device)
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
         features = model(images)
     return features.float().cpu().numpy()

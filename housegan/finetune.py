@@ -25,6 +25,7 @@ from torch import nn
 
 from housegan import embed, storage
 from housegan.config import CurateSettings, EmbedSettings
+from housegan.devices import fast_bf16
 
 MODELS_DIR = "models"
 
@@ -105,6 +106,7 @@ def _pool5_features(
             return None
 
     trunk = nn.Sequential(vgg.features, vgg.avgpool, nn.Flatten(1))
+    bf16 = cfg.bf16 and fast_bf16("cpu")
     out, decoded = [], []
     with ThreadPoolExecutor(max(1, cfg.num_workers)) as pool, torch.inference_mode():
         for start in range(0, len(uris), cfg.batch_size):
@@ -114,7 +116,7 @@ def _pool5_features(
                 continue
             batch = torch.stack([photo for photo in pixels if photo is not None])
             images = embed.to_model_input(batch, torch.device("cpu"))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out.append(trunk(images).float())
             decoded.extend(found)
     if not out:

@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from housegan.config import get_settings
@@ -111,3 +113,19 @@ class _TrainProgress(ProgressArtifact):
 
     def image(self, name: str, image: Any, step: int) -> None:
         pass
+
+
+@task(name="sample-grid", cache_policy=NO_CACHE)
+def sample_grid_task(model_uri: str, path: str, seed: int = 0, per_class: int = 8) -> str:
+    """Draw every (city, type) of the model into one labelled PNG at ``path`` (local)."""
+    from pathlib import Path
+
+    from housegan import tracking
+    from housegan.gan import serving
+
+    model = tracking.load_generator_model(model_uri, get_settings().mlflow_tracking_uri)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    serving.class_grid(model, seed, per_class).save(out)
+    task_logger(__name__).info("sample grid of %s -> %s", model_uri, out)
+    return str(out)

@@ -57,6 +57,7 @@ SUMMARY_METRICS = (
     "recall",
     "density",
     "coverage",
+    "diversity",
     "cond_acc_city",
     "cond_acc_type",
 )
@@ -120,6 +121,10 @@ def evaluate_model(
     center = novelty.real_mean(real.features)
     novel = novelty.novelty(generated.features, real.features, rows, cfg, device, center)
     metrics, cities = _fidelity(real, generated, center, cfg, device)
+    diversity = fidelity.diversity_ratio(
+        generated.features, generated.cell_of(), real.features, real.cell_of(), center
+    )
+    metrics["diversity"] = float(np.mean(list(diversity.values()))) if diversity else None
     cond = conditioning.conditioning(
         real.features,
         {"city": real.city, "type": real.image_type},
@@ -144,7 +149,7 @@ def evaluate_model(
         dataset_id=dataset.dataset_id,
         embed_tag=embedder.tag,
         metrics=metrics,
-        cells=_cell_table(cell_list, real, generated, novel, cond),
+        cells=_cell_table(cell_list, real, generated, novel, cond, diversity),
         cities=cities,
         figures=_pair_figures(cell_list, real, generated, novel, cfg, folder),
         params={
@@ -245,6 +250,7 @@ def _cell_table(
     generated: Sample,
     novel: novelty.Novelty,
     cond: conditioning.Conditioning,
+    diversity: dict[int, float],
 ) -> pd.DataFrame:
     rows = []
     for city, image_type in cell_list:
@@ -262,6 +268,7 @@ def _cell_table(
                 "nn_cosine_max": float(novel.nn_cosine[members].max()),
                 "cond_acc_city": _share(cond.city_hit, members),
                 "cond_acc_type": _share(cond.type_hit, members),
+                "diversity": diversity.get(c * len(real.image_types) + t),
             }
         )
     return pd.DataFrame(rows)

@@ -182,3 +182,34 @@ def prdc(
         density=float(density) / (dc_k * len(generated)),
         coverage=int((nearest_gen < real_dc).sum()) / len(real),
     )
+
+
+def spread(features: np.ndarray, center: np.ndarray | None = None) -> float | None:
+    """Mean cosine distance between all pairs of rows (centred on ``center`` first), in O(n d):
+    for unit vectors, ``sum_{i != j} u_i . u_j = |sum_i u_i|^2 - n``. ``None`` below 2 rows."""
+    n = len(features)
+    if n < 2:
+        return None
+    rows = features.astype(np.float64) - (0.0 if center is None else center)
+    units = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    mean_cosine = (np.square(units.sum(axis=0)).sum() - n) / (n * (n - 1))
+    return float(1.0 - mean_cosine)
+
+
+def diversity_ratio(
+    generated: np.ndarray,
+    generated_cells: np.ndarray,
+    real: np.ndarray,
+    real_cells: np.ndarray,
+    center: np.ndarray | None = None,
+) -> dict[int, float]:
+    """Per cell: the generated images' ``spread`` over the real images' (1 = as varied as the
+    photos of that cell; a collapsed class tends to 0). Cells with < 2 rows on a side are left
+    out."""
+    ratios = {}
+    for cell in np.unique(generated_cells):
+        made = spread(generated[generated_cells == cell], center)
+        seen = spread(real[real_cells == cell], center)
+        if made is not None and seen:
+            ratios[int(cell)] = made / seen
+    return ratios

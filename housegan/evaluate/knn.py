@@ -26,6 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from housegan.devices import fast_bf16
+
 Metric = Literal["cosine", "euclidean"]
 KnnPrecision = Literal["float32", "bfloat16"]
 
@@ -171,6 +173,8 @@ def knn(
         keys = _Rows(keys, key_rows)
     _check(queries, keys, k, exclude)
     device = torch.device(device)
+    if precision == "bfloat16" and not fast_bf16(device):
+        precision = "float32"  # emulated bf16 is slower than float32, and float32 is exact
     candidates = min(
         k + (rerank if precision != "float32" else 0), len(keys) - (exclude is not None)
     )

@@ -1,8 +1,11 @@
 """DiffAugment (Zhao et al. 2020): differentiable augmentations applied to every image D sees.
 
 The same policy is applied to real and fake images, so D cannot tell them apart by the
-augmentation, and gradients flow through it to G. All randomness comes from one
-``torch.Generator`` whose state is part of the training checkpoint.
+augmentation, and gradients flow through it to G. Each op is applied to an image with
+probability ``p``; ``p`` is fixed at 1 (plain DiffAugment) or adapted to D's overfitting as in
+StyleGAN2-ADA (Karras et al. 2020, ``AdaptiveStrength``): raised while the share of real images
+D scores positive, ``E[sign(D(real))]``, is above a target, lowered while it is below. All
+randomness comes from one ``torch.Generator``; it and ``p`` are part of the training checkpoint.
 """
 
 from __future__ import annotations
@@ -82,7 +85,12 @@ POLICIES: dict[str, tuple[Op, ...]] = {
 
 
 class DiffAugment:
-    """``DiffAugment("translation,color,cutout", generator)(x)``; an empty policy is identity."""
+    """``DiffAugment("translation,color,cutout", generator)(x)``; an empty policy is identity.
+
+    With ``adaptive`` set (by ``AdaptiveStrength``), each op is applied to each image with
+    probability ``p``, a 0-d tensor on the images' device, so adapting it never syncs with the
+    host; otherwise every op is applied to every image.
+    """
 
     def __init__(self, policy: str, generator: torch.Generator) -> None:
         names = [name.strip() for name in policy.split(",") if name.strip()]
@@ -91,15 +99,71 @@ class DiffAugment:
             raise ValueError(f"unknown DiffAugment policy {unknown}; valid: {sorted(POLICIES)}")
         self.names = names
         self.generator = generator
+        self.adaptive = False
+        self.p = torch.ones((), device=generator.device)
 
     def __call__(self, x: Tensor) -> Tensor:
         for name in self.names:
             for op in POLICIES[name]:
-                x = op(x, self.generator)
+                x = self._maybe(op, x)
         return x
 
+    def _maybe(self, op: Op, x: Tensor) -> Tensor:
+        if not self.adaptive:
+            return op(x, self.generator)
+        applied = _uniform(x, self.generator) < self.p.to(x.dtype)
+        return torch.where(applied, op(x, self.generator), x)
+
     def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "p": self.p.detach().cpu()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.generator.set_state(state["generator"])
+        if "p" in state:  # checkpoints from before adaptive strength: p stays as configured
+            self.p = state["p"].to(self.p.device, self.p.dtype)
+
+
+class AdaptiveStrength:
+    """StyleGAN2-ADA's controller of ``DiffAugment.p``.
+
+    ``observe`` accumulates ``sign(D(real))`` on the device; every ``interval`` steps ``adjust``
+    moves ``p`` by ``sign(r_t - target) * images / (speed_kimg * 1000)``: from 0 to 1 in
+    ``speed_kimg`` thousand images at most. ``r_t`` near 1 means D is sure of every real image,
+    i.e. it is memorising the training set.
+    """
+
+    def __init__(self, augment: DiffAugment, target: float, speed_kimg: float) -> None:
+        self.augment, self.target, self.speed_kimg = augment, target, speed_kimg
+        augment.adaptive, augment.p = True, torch.zeros_like(augment.p)  # ADA starts at p = 0
+        device = augment.p.device
+        self.sign_sum = torch.zeros((), device=device)
+        self.count = torch.zeros((), device=device)
+        self.last_rt = torch.zeros((), device=device)
+
+    def observe(self, d_real: Tensor) -> None:
+        self.sign_sum += d_real.detach().float().sign().sum()
+        self.count += d_real.numel()
+
+    def adjust(self, images: int, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """``images``: real images shown since the last adjustment (all ranks); ``reduce`` sums
+        the two accumulators over ranks under DDP."""
+        totals = torch.stack([self.sign_sum, self.count])
+        if reduce is not None:
+            totals = reduce(totals)
+        self.last_rt = totals[0] / totals[1].clamp(min=1)
+        step = torch.sign(self.last_rt - self.target) * images / (self.speed_kimg * 1000)
+        self.augment.p = (self.augment.p + step).clamp(0, 1)
+        self.sign_sum.zero_()
+        self.count.zero_()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The accumulators of the current interval (a resume mid-interval stays exact)."""
+        return {"totals": torch.stack([self.sign_sum, self.count, self.last_rt]).cpu()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        totals = state["totals"].to(self.sign_sum)
+        self.sign_sum, self.count, self.last_rt = (
+            totals[0].clone(),
+            totals[1].clone(),
+            totals[2].clone(),
+        )

@@ -56,3 +56,21 @@ def g_main(d_fake: Tensor, stats: Stats | None = None) -> Tensor:
     if stats is not None:
         stats.add("loss/g", loss)
     return loss
+
+
+def classes(
+    city_logits: Tensor,
+    type_logits: Tensor,
+    city: Tensor,
+    image_type: Tensor,
+    name: str,
+    stats: Stats | None = None,
+) -> Tensor:
+    """Cross-entropy of D's auxiliary classifiers against the labels (``name``: "real" when it
+    trains D's classifiers, "fake" when it teaches G the labels); reports their accuracy."""
+    loss = F.cross_entropy(city_logits, city) + F.cross_entropy(type_logits, image_type)
+    if stats is not None:
+        stats.add(f"loss/class_{name}", loss)
+        hits = (city_logits.argmax(1) == city) & (type_logits.argmax(1) == image_type)
+        stats.add(f"class_acc/{name}", hits.float().mean())
+    return loss

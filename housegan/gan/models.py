@@ -7,7 +7,8 @@ hierarchical ``z``, of that block's own chunk of ``z``.
 
 Discriminator: residual down-blocks with spectral norm on every weight, a sum-pooled feature
 vector ``h``, a linear score and one projection term per label, ``<embed(label), h>``
-(cGAN projection, Miyato & Koyama 2018).
+(cGAN projection, Miyato & Koyama 2018), plus one auxiliary classifier per label on ``h``
+(AC-GAN, Odena et al. 2017), which the loss may weigh in (``gan.class_weight``).
 
 Width and depth scale with R ∈ {32, 64, 128} (log2(R/4) blocks) and ``width`` (base channels).
 """
@@ -173,12 +174,22 @@ class Discriminator(nn.Module):
         self.score = spectral_norm(nn.Linear(features, 1))
         self.city_embed = spectral_norm(nn.Embedding(spec.n_cities, features))
         self.type_embed = spectral_norm(nn.Embedding(spec.n_types, features))
+        # Auxiliary classifiers (AC-GAN): trained on real images only, they teach G the labels
+        # within a few kimg, where the projection term alone takes far longer.
+        self.city_classifier = nn.Linear(features, spec.n_cities)
+        self.type_classifier = nn.Linear(features, spec.n_types)
         init_weights(self)
 
-    def forward(self, x: Tensor, city: Tensor, image_type: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, city: Tensor, image_type: Tensor, classes: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Logits; with ``classes``, also the classifiers' city and type logits."""
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))
         projection = (self.city_embed(city) * h).sum(1) + (self.type_embed(image_type) * h).sum(1)
-        return self.score(h).squeeze(1) + projection
+        logits = self.score(h).squeeze(1) + projection
+        if not classes:
+            return logits
+        return logits, self.city_classifier(h), self.type_classifier(h)
 
 
 def init_weights(module: nn.Module) -> None:

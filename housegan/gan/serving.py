@@ -197,3 +197,11 @@ def save_images(images: np.ndarray, out: str | Path, stem: str = "image") -> lis
     for path, image in zip(paths, images, strict=True):
         Image.fromarray(image).save(path)
     return paths
+
+
+def class_grid(model: LoadedGenerator, seed: int = 0, per_class: int = 8) -> Image.Image:
+    """Every (city, type) of the model as a labelled row of ``per_class`` images from ``seed``
+    (the same latents in every row, so rows differ by their labels only)."""
+    from housegan.gan.train import sample_grid
+
+    return sample_grid(model.generator, model.vocab, latents(seed, per_class, model.spec.z_dim))

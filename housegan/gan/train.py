@@ -36,11 +36,11 @@ from housegan import storage
 from housegan.config import GanSettings
 from housegan.gan import checkpoint, ddp
 from housegan.gan import loss as losses
-from housegan.gan.augment import DiffAugment, xflip
+from housegan.gan.augment import AdaptiveStrength, DiffAugment, xflip
 from housegan.gan.data import PackedDataset, load_packed
 from housegan.gan.models import Discriminator, Generator, ModelSpec
 
-CHECKPOINT_FORMAT = "housegan.gan.checkpoint/1"
+CHECKPOINT_FORMAT = "housegan.gan.checkpoint/2"  # 2: D has auxiliary classifiers
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LossHook = Callable[[int, Tensor], Tensor]  # (step, loss) -> the loss the update uses
 
@@ -270,6 +270,12 @@ class Trainer:
         )
         self.noise = _generator(self.device, seed, "noise", rank)
         self.augment = DiffAugment(self.cfg.diffaugment, _generator(self.device, seed, "aug", rank))
+        self.ada = (
+            AdaptiveStrength(self.augment, self.cfg.ada_target, self.cfg.ada_kimg)
+            if self.cfg.ada_target is not None and self.augment.names
+            else None
+        )
+        self.ada_nimg = 0
         grid_gen = _generator(torch.device("cpu"), seed, "grid")
         self.grid_z = torch.randn(self.cfg.grid_per_class, self.spec.z_dim, generator=grid_gen)
 
@@ -304,8 +310,16 @@ class Trainer:
                 fake = self.g_frozen(self.latents(batch), city, image_type)
             with self.autocast():
                 both = self.augment(torch.cat([real, fake.to(real.dtype)]))
-                logits = self.d_train(both, city.repeat(2), image_type.repeat(2)).float()
+                logits, classes = self._discriminate(
+                    self.d_train, both, city.repeat(2), image_type.repeat(2)
+                )
             d_loss = losses.d_main(logits[:batch], logits[batch:], self.stats)
+            if classes is not None:  # D's classifiers learn the labels from real images only
+                d_loss = d_loss + self.cfg.class_weight * losses.classes(
+                    classes[0][:batch], classes[1][:batch], city, image_type, "real", self.stats
+                )
+            if self.ada is not None:
+                self.ada.observe(logits[:batch])
             if self.d_loss_hook is not None:
                 d_loss = self.d_loss_hook(self.step, d_loss)
             self._update(self.opt_d, d_loss, self.D, "d", measure)
@@ -313,14 +327,33 @@ class Trainer:
         self.D.requires_grad_(False)
         with self.autocast():
             fake = self.g_train(self.latents(batch), city, image_type)
-            logits = self.d_frozen(self.augment(fake), city, image_type).float()
+            logits, classes = self._discriminate(
+                self.d_frozen, self.augment(fake), city, image_type
+            )
         g_loss = losses.g_main(logits, self.stats)
+        if classes is not None:  # G is taught to draw what D's classifiers read as its labels
+            g_loss = g_loss + self.cfg.class_weight * losses.classes(
+                *classes, city, image_type, "fake", self.stats
+            )
         self._update(self.opt_g, g_loss, self.G, "g", measure)
         self.D.requires_grad_(True)
 
         self.nimg += batch * self.dist.world_size
         self.step += 1
         self._update_ema()
+        if self.ada is not None and self.step % self.cfg.ada_interval == 0:
+            self.ada.adjust(self.nimg - self.ada_nimg, lambda t: ddp.reduce_mean(t, self.dist))
+            self.ada_nimg = self.nimg
+
+    def _discriminate(
+        self, d: Callable[..., Any], x: Tensor, city: Tensor, image_type: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """float32 logits and, when ``class_weight`` > 0, the classifiers' (city, type) logits
+        (not asked for otherwise: DDP refuses parameters that get no gradient)."""
+        if self.cfg.class_weight <= 0:
+            return d(x, city, image_type).float(), None
+        logits, city_logits, type_logits = d(x, city, image_type, classes=True)
+        return logits.float(), (city_logits.float(), type_logits.float())
 
     def _update(
         self, opt: torch.optim.Optimizer, loss: Tensor, net: nn.Module, name: str, measure: bool
@@ -471,6 +504,9 @@ class Trainer:
                 "guard/rollbacks": float(self.rollbacks),
             }
         )
+        if self.ada is not None:
+            metrics["augment/p"] = float(self.augment.p)
+            metrics["augment/rt"] = float(self.ada.last_rt)
         self.last_metrics = metrics
         if self.reporter:
             self.reporter.metrics(metrics, self.step)
@@ -502,6 +538,9 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "noise": ddp.all_gather(self.noise.get_state(), self.dist),
             "augment": ddp.all_gather(self.augment.generator.get_state(), self.dist),
+            "augment_p": self.augment.p.detach().cpu().reshape(1),  # the same on all ranks
+            "ada_nimg": self.ada_nimg,
+            **({"ada": self.ada.state_dict()} if self.ada is not None else {}),
             "world_size": self.dist.world_size,
             "config": self.cfg.model_dump(mode="json"),
             "spec": asdict(self.spec),
@@ -523,6 +562,10 @@ class Trainer:
         for key in ("G", "D", "G_ema", "opt_g", "opt_d", "scaler"):
             getattr(self, key).load_state_dict(state[key])
         checkpoint.set_global_rng_state(state["rng"])
+        self.augment.p = state["augment_p"].reshape(()).to(self.augment.p)
+        self.ada_nimg = state["ada_nimg"]
+        if self.ada is not None and "ada" in state:  # absent when saved with ADA off
+            self.ada.load_state_dict(state["ada"])
         self.sampler.load_state_dict(state["sampler"])
         rank = self.dist.rank
         if state["world_size"] == self.dist.world_size:

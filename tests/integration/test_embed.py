@@ -18,6 +18,7 @@ from PIL import Image
 
 from housegan import embed, manifest, storage
 from housegan.config import EmbedSettings, Settings
+from housegan.devices import fast_bf16
 from housegan.images import DECODER_VERSION
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA, Status
 
@@ -417,3 +418,13 @@ def test_embed_stage_maps_shards_on_a_two_worker_dask_cluster(
     assert sorted(shas) == sorted(sha(data) for data in photos.values())
     assert vectors.shape == (6, 512)
     assert embed.plan(manifest_uri, store, cfg).todo == []
+
+
+def test_bf16_is_used_only_where_it_is_native_else_vectors_are_exactly_fp32():
+    model = embed.build_model(EmbedSettings())
+    pixels = torch.stack([embed.load_photo(photo_bytes(seed), 64) for seed in range(3)])
+    images = embed.to_model_input(pixels, torch.device("cpu"))
+    fp32 = embed.embed_batch(model, images, bf16=False)
+    asked = embed.embed_batch(model, images, bf16=True)
+    # An AVX2-only CPU emulates bf16 ~8x slower than fp32: the embedder must not use it there.
+    assert np.array_equal(fp32, asked) != fast_bf16("cpu")

@@ -89,3 +89,27 @@ def test_metrics_leave_the_callers_float32_features_untouched(sets) -> None:
     fidelity.prdc(real, generated, center=real.mean(0))
     np.testing.assert_array_equal(real, before[0])
     np.testing.assert_array_equal(generated, before[1])
+
+
+def test_spread_is_zero_for_one_image_repeated_and_grows_with_variety() -> None:
+    rng = np.random.default_rng(1)
+    one = np.tile(rng.standard_normal(32), (50, 1))
+    assert fidelity.spread(one) == pytest.approx(0.0, abs=1e-9)
+    assert fidelity.spread(rng.standard_normal((50, 32))) == pytest.approx(1.0, abs=0.05)
+    assert fidelity.spread(one[:1]) is None
+
+
+def test_diversity_ratio_flags_a_collapsed_class_and_passes_a_varied_one() -> None:
+    rng = np.random.default_rng(2)
+    centers = rng.standard_normal((2, 64)) * 3
+    real = np.concatenate([c + rng.standard_normal((80, 64)) for c in centers])
+    real_cells = np.repeat([0, 1], 80)
+    varied = centers[0] + rng.standard_normal((40, 64))
+    collapsed = np.tile(centers[1] + rng.standard_normal(64), (40, 1))
+    collapsed += 0.01 * rng.standard_normal(collapsed.shape)
+    generated = np.concatenate([varied, collapsed])
+    ratios = fidelity.diversity_ratio(
+        generated, np.repeat([0, 1], 40), real, real_cells, real.mean(0)
+    )
+    assert 0.85 < ratios[0] < 1.15
+    assert ratios[1] < 0.05

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from housegan.config import EmbedSettings, EvaluateSettings
+from housegan.config import EvaluateSettings
 from housegan.evaluate import sampling
 from housegan.evaluate.evaluation import ModelEvaluation, evaluate_model, evaluation_key
 from housegan.evaluate.sampling import Embedder
-from housegan.testing.evaluation import FreshPhotos, Memorizer, Noise, packed
+from housegan.testing.evaluation import TINY_EMBED, FreshPhotos, Memorizer, Noise, packed
+from housegan.testing.gan import LEARNING_GAN
 
-# A small, fast embedder (pooled conv5 at 32 px) and small samples: seconds, not minutes.
-EMBED = EmbedSettings(input_size=32, layer="conv5", num_workers=0, batch_size=64)
+# Small samples: seconds, not minutes.
+EMBED = TINY_EMBED
 CFG = EvaluateSettings(
     samples_per_cell=16,
     device="cpu",
@@ -102,9 +103,11 @@ def test_result_has_one_row_per_cell_per_city_metrics_and_the_embedder_tag(resul
         "recall",
         "density",
         "coverage",
+        "diversity",
         "cond_acc_city",
         "cond_acc_type",
     }
+    assert evaluation.cells["diversity"].notna().all()
 
 
 def test_pair_figures_show_k_pairs_per_cell(results) -> None:
@@ -174,25 +177,11 @@ def test_a_briefly_trained_gan_lands_between_the_memorizer_and_noise(tmp_path, e
     from housegan.gan import serving
     from housegan.gan.data import load_packed, prepare
     from housegan.gan.train import train
-    from housegan.testing.evaluation import write_photos
+    from housegan.testing.gan import write_photos
 
     manifest = write_photos(tmp_path, per_class=32)
     dataset_uri = prepare(str(manifest), (tmp_path / "store").as_uri(), 32).uri
-    # The smallest GAN that learns these classes on a CPU in ~20 s (320 steps).
-    cfg = GanSettings(
-        image_size=32,
-        width=8,
-        batch_size=16,
-        z_dim=32,
-        embed_dim=16,
-        g_lr=2e-4,
-        d_lr=8e-4,
-        steps=320,
-        log_every=40,
-        snapshot_every=10_000,
-        device="cpu",
-        cpu_threads=2,
-    )
+    cfg = GanSettings(**LEARNING_GAN, cpu_threads=2)
     train(dataset_uri, str(tmp_path / "run"), cfg)
     model = serving.load_generator(tmp_path / "run")
     dataset = load_packed(dataset_uri)

@@ -1,0 +1,193 @@
+"""Does the GAN recipe learn what it is asked to draw, in a fixed CPU budget, on real data?
+
+For each image set (``housegan.testing.realsets``: handwritten digits, crops of ten real
+photographs, the synthetic listings) and each recipe (``before``: the defaults up to
+2026-12-02; ``defaults``: ``GanSettings()`` now), it packs the set at R, trains for
+``--minutes`` of wall time on this machine, evaluates the EMA generator with
+``housegan.evaluate`` (the project's evaluation: random-init VGG16 features, as in tests) and
+prints one row:
+
+- ``cond``: accuracy of a classifier trained on real features on the generated images
+  (``cond_acc_city``: the class), beside ``ceiling``, the same classifier on held-out real;
+- ``KID`` against the real images; ``div``: within-class diversity over real's (1 = as varied);
+- ``copy``: share of generated images closer to a training image than 99% of held-out real.
+
+The final sample grid of every run is written beside the JSON (``--out``), to be looked at.
+
+    python benchmarks/bench_recipe.py                       # all sets, both recipes, 8 min each
+    python benchmarks/bench_recipe.py --sets digits --recipes defaults --minutes 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from housegan.config import EmbedSettings, EvaluateSettings, GanSettings
+from housegan.evaluate.evaluation import evaluate_model
+from housegan.evaluate.sampling import generator_source
+from housegan.gan import serving
+from housegan.gan.data import load_packed, prepare
+from housegan.gan.train import train
+from housegan.testing.realsets import SETS, write_set
+
+# The shipped defaults before issue 9 (what `GanSettings()` gave on 2026-12-02).
+BEFORE: dict[str, Any] = {
+    "batch_size": 64,
+    "width": 32,
+    "g_lr": 1e-4,
+    "d_lr": 4e-4,
+    "d_steps": 1,
+    "diffaugment": "translation,color,cutout",
+    "ada_target": None,
+    "class_weight": 0.0,
+    "ema_kimg": 10.0,
+}
+RECIPES: dict[str, dict[str, Any]] = {"before": BEFORE, "defaults": {}}
+SET_SIZES: dict[str, dict[str, Any]] = {
+    "digits": {},
+    "photo_crops": {"per_class": 300},
+    "listings": {"per_class": 200, "cities": 4},
+}
+
+
+class GridKeeper:
+    """A Reporter keeping the last sample grid and the last metrics."""
+
+    def __init__(self) -> None:
+        self.grid: Any = None
+        self.last: dict[str, float] = {}
+
+    def params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.last = metrics
+
+    def image(self, name: str, image: Any, step: int) -> None:
+        self.grid = image
+
+
+def run_one(
+    name: str, recipe: str, dataset_uri: str, out: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    base = GanSettings(
+        image_size=args.size,
+        kimg=args.kimg or 10_000,
+        max_minutes=None if args.kimg else args.minutes,
+        device=args.device,
+        cpu_threads=args.threads,
+        log_every=50,
+        snapshot_every=10**9,
+        checkpoint_every_minutes=10**6,
+        grid_per_class=8,
+        seed=args.seed,
+    )
+    # model_validate, not with_overrides: a recipe may set a field to None (ADA off)
+    cfg = GanSettings.model_validate({**base.model_dump(), **RECIPES[recipe]})
+    keeper = GridKeeper()
+    run_dir = out / f"{name}-{recipe}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume
+    started = time.monotonic()
+    result = train(dataset_uri, run_dir.as_uri(), cfg, reporter=keeper)
+    seconds = time.monotonic() - started
+    if keeper.grid is not None:
+        keeper.grid.save(out / f"{name}-{recipe}-grid.png")
+    model = serving.load_generator(run_dir, args.device)
+    evaluation = evaluate_model(
+        generator_source(model),
+        model.vocab,
+        load_packed(dataset_uri),
+        EmbedSettings(
+            weights="none", layer="conv5", input_size=args.embed_size, device=args.device
+        ),
+        EvaluateSettings(samples_per_cell=args.samples, device=args.device, kid_subsets=50),
+        figures_dir=out / f"{name}-{recipe}-figures",
+    )
+    m = evaluation.metrics
+    return {
+        "set": name,
+        "recipe": recipe,
+        "kimg": round(result.kimg, 1),
+        "steps": result.step,
+        "minutes": round(seconds / 60, 2),
+        "img_per_s": round(result.images_per_second, 1),
+        "cond": m.get("cond_acc_city"),
+        "cond_type": m.get("cond_acc_type"),
+        "ceiling": m.get("cond_real_acc_city"),
+        "kid": m.get("kid"),
+        "diversity": m.get("diversity"),
+        "copy_rate": m.get("copy_rate"),
+        "ada_p": keeper.last.get("augment/p"),
+        "settings": {k: v for k, v in cfg.model_dump(mode="json").items() if k in RECIPE_KEYS},
+    }
+
+
+RECIPE_KEYS = (*BEFORE, "image_size", "ada_kimg", "ema_rampup")
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    return (
+        "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=[*RECIPES, "custom"])
+    parser.add_argument("--minutes", type=float, default=8.0, help="training wall time per run")
+    parser.add_argument("--kimg", type=float, default=None, help="a kimg budget instead")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=100, help="generated images per class")
+    parser.add_argument("--embed-size", type=int, default=64, help="VGG16 input side")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--try",
+        dest="custom",
+        nargs="*",
+        default=None,
+        metavar="KEY=VALUE",
+        help="also run recipe 'custom': the defaults with these GanSettings overrides",
+    )
+    parser.add_argument("--out", type=Path, default=Path(".housegan/bench-recipe"))
+    args = parser.parse_args()
+    if args.custom is not None:
+        RECIPES["custom"] = dict(item.split("=", 1) for item in args.custom)
+        args.recipes = [*args.recipes, "custom"] if "custom" not in args.recipes else args.recipes
+    torch.set_num_threads(args.threads)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    header = "set          recipe    kimg  cond  ceiling  type   KID     div   copy   ada_p"
+    for name in args.sets:
+        root = args.out / "data" / name
+        manifest = root / f"{name}.parquet"
+        if not manifest.exists():
+            write_set(name, root, **SET_SIZES[name])
+        dataset_uri = prepare(str(manifest), (root / "store").as_uri(), args.size).uri
+        for recipe in args.recipes:
+            row = run_one(name, recipe, dataset_uri, args.out, args)
+            rows.append(row)
+            print(header)
+            print(
+                f"{name:12s} {recipe:8s} {row['kimg']:5.1f} {fmt(row['cond'], 2):5s} "
+                f"{fmt(row['ceiling'], 2):8s} {fmt(row['cond_type'], 2):5s} "
+                f"{fmt(row['kid'], 4):7s} {fmt(row['diversity'], 2):5s} "
+                f"{fmt(row['copy_rate'], 2):6s} {fmt(row['ada_p'], 2)}",
+                flush=True,
+            )
+            (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    print(f"\nrows and grids in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
