@@ -23,19 +23,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from housegan.testing.copies import COLOUR_PHOTOS, real_photos
+
 RealSet = Literal["digits", "photo_crops", "listings"]
-CROP_PHOTOS = (
-    "astronaut",
-    "coffee",
-    "chelsea",
-    "rocket",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "stereo_motorcycle",
-    "china",
-    "flower",
-)
+CROP_PHOTOS = (*COLOUR_PHOTOS, "china", "flower")  # scikit-image's colour photos, scikit-learn's
 Row = tuple[Image.Image, str, str]  # image, class ("city"), image type
 
 
@@ -59,8 +50,6 @@ def digits(
 
 def photo_crops(per_class: int = 300, side: int = 64, seed: int = 0) -> Iterator[Row]:
     """Square crops (20-45% of the short side, anywhere) of each of ten photographs."""
-    from housegan.testing.copies import real_photos
-
     photos = real_photos(max_side=512)
     rng = np.random.default_rng(seed)
     for name in CROP_PHOTOS:

@@ -65,7 +65,7 @@ def test_ada_state_round_trips_mid_interval() -> None:
 
 def test_discriminator_classifiers_score_every_city_and_type() -> None:
     spec = ModelSpec(32, n_cities=3, n_types=2, z_dim=16, width=4, embed_dim=8)
-    d = Discriminator(spec)
+    d = Discriminator(spec).eval()  # eval: no spectral-norm power iteration between the calls
     x = torch.randn(5, 3, 32, 32)
     city, image_type = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 0, 1, 0])
     logits, city_logits, type_logits = d(x, city, image_type, classes=True)
