@@ -394,8 +394,10 @@ class EvaluateSettings(BaseModel):
     knn_memory_mb: float = Field(
         1024.0, gt=0, description="working memory of one nearest-neighbour search (sets blocks)"
     )
-    knn_precision: Literal["float32", "bfloat16"] = Field(
-        "bfloat16", description="block products; candidates are re-scored in float32"
+    knn_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="block products ('auto': bf16 where native, else float32); candidates are "
+        "re-scored in float32",
     )
     knn_rerank: int = Field(16, ge=0, description="extra candidates re-scored in float32")
     # fidelity and diversity

@@ -29,7 +29,7 @@ import torch
 from housegan.devices import fast_bf16
 
 Metric = Literal["cosine", "euclidean"]
-KnnPrecision = Literal["float32", "bfloat16"]
+KnnPrecision = Literal["auto", "float32", "bfloat16"]  # auto: bf16 where native
 
 _F32 = 4
 _I64 = 8
@@ -173,8 +173,8 @@ def knn(
         keys = _Rows(keys, key_rows)
     _check(queries, keys, k, exclude)
     device = torch.device(device)
-    if precision == "bfloat16" and not fast_bf16(device):
-        precision = "float32"  # emulated bf16 is slower than float32, and float32 is exact
+    if precision == "auto":  # emulated bf16 (AVX2-only CPUs) is slower than float32
+        precision = "bfloat16" if fast_bf16(device) else "float32"
     candidates = min(
         k + (rerank if precision != "float32" else 0), len(keys) - (exclude is not None)
     )

@@ -63,6 +63,7 @@ class Evaluated:
     recall: float | None
     density: float | None
     coverage: float | None
+    diversity: float | None  # within-class spread of generated over real (1 = as varied)
     cond_acc_city: float | None
     cond_acc_type: float | None
     pairs_uri: str | None  # the run's nearest-pair figures (an artifact folder); None: none drawn
