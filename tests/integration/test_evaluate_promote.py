@@ -223,6 +223,7 @@ def test_evaluate_cli_logs_a_nested_run_and_promote_cli_gates_it(
         "recall",
         "density",
         "coverage",
+        "diversity",
         "cond_acc_city",
         "cond_acc_type",
     }

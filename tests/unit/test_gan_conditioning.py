@@ -80,7 +80,7 @@ def test_the_default_recipe_learns_the_labels_of_real_handwritten_digits(tmp_pat
             str(write_set("digits", tmp_path / "held", classes=classes, seed=1)),
             (tmp_path / "store-held").as_uri(),
             32,
-        )
+        ).uri
     )
     classifier = _pixel_classifier(real)
     held_labels = held.city * len(held.image_types) + held.image_type
