@@ -5,7 +5,7 @@ augmentation, and gradients flow through it to G. Each op is applied to an image
 probability ``p``; ``p`` is fixed at 1 (plain DiffAugment) or adapted to D's overfitting as in
 StyleGAN2-ADA (Karras et al. 2020, ``AdaptiveStrength``): raised while the share of real images
 D scores positive, ``E[sign(D(real))]``, is above a target, lowered while it is below. All
-randomness comes from one ``torch.Generator``; it and ``p`` are part of the training checkpoint.
+randomness comes from one ``torch.Generator``; the trainer checkpoints it and ``p``.
 """
 
 from __future__ import annotations
@@ -115,12 +115,10 @@ class DiffAugment:
         return torch.where(applied, op(x, self.generator), x)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state(), "p": self.p.detach().cpu()}
+        return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.generator.set_state(state["generator"])
-        if "p" in state:  # checkpoints from before adaptive strength: p stays as configured
-            self.p = state["p"].to(self.p.device, self.p.dtype)
 
 
 class AdaptiveStrength:

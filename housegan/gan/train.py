@@ -275,7 +275,6 @@ class Trainer:
             if self.cfg.ada_target is not None and self.augment.names
             else None
         )
-        self.ada_nimg = 0
         grid_gen = _generator(torch.device("cpu"), seed, "grid")
         self.grid_z = torch.randn(self.cfg.grid_per_class, self.spec.z_dim, generator=grid_gen)
 
@@ -342,8 +341,8 @@ class Trainer:
         self.step += 1
         self._update_ema()
         if self.ada is not None and self.step % self.cfg.ada_interval == 0:
-            self.ada.adjust(self.nimg - self.ada_nimg, lambda t: ddp.reduce_mean(t, self.dist))
-            self.ada_nimg = self.nimg
+            shown = batch * self.dist.world_size * self.cfg.ada_interval  # since the last one
+            self.ada.adjust(shown, lambda t: ddp.reduce_mean(t, self.dist))
 
     def _discriminate(
         self, d: Callable[..., Any], x: Tensor, city: Tensor, image_type: Tensor
@@ -539,7 +538,6 @@ class Trainer:
             "noise": ddp.all_gather(self.noise.get_state(), self.dist),
             "augment": ddp.all_gather(self.augment.generator.get_state(), self.dist),
             "augment_p": self.augment.p.detach().cpu().reshape(1),  # the same on all ranks
-            "ada_nimg": self.ada_nimg,
             **({"ada": self.ada.state_dict()} if self.ada is not None else {}),
             "world_size": self.dist.world_size,
             "config": self.cfg.model_dump(mode="json"),
@@ -563,7 +561,6 @@ class Trainer:
             getattr(self, key).load_state_dict(state[key])
         checkpoint.set_global_rng_state(state["rng"])
         self.augment.p = state["augment_p"].reshape(()).to(self.augment.p)
-        self.ada_nimg = state["ada_nimg"]
         if self.ada is not None and "ada" in state:  # absent when saved with ADA off
             self.ada.load_state_dict(state["ada"])
         self.sampler.load_state_dict(state["sampler"])
