@@ -5,7 +5,12 @@ It sits on a free loopback port in front of an HTTP endpoint and, per request, c
 * add latency: each request is held ``latency_s`` before it is forwarded (S3 is ~20 ms away,
   loopback is not, so throughput figures are only honest through this);
 * stall a response: the connection stays open and nothing is sent back;
-* cut a response: the first ``after_bytes`` bytes are sent, then the connection is closed.
+* cut a response: the first ``after_bytes`` bytes are sent, then the connection is closed;
+* go down: every live connection is dropped and new ones are refused (the port is closed, as
+  when the endpoint's host is down) until ``up()`` listens on the same port again; ``down_at``
+  aims this at the n-th matching request, so a test can take S3 away in the middle of a stage.
+
+Every request line is kept in ``log`` (decoded), so a test can count what was fetched.
 
 Faults are armed for the next N requests whose request line matches a regex, so a test can aim
 at object GETs and leave listings alone. HTTP is not parsed beyond that: with keep-alive and no
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 CHUNK = 64 * 1024
+DOWN_POLL_S = 0.05  # how often a down proxy's accept loop checks for up() or stop()
 
 
 @dataclass
@@ -68,9 +74,11 @@ class _Connection:
             while chunk := self.client.recv(CHUNK):
                 if self.awaiting_request:
                     self.awaiting_request = False
-                    self.fault = self.proxy._take_fault(chunk.split(b"\r\n", 1)[0])
+                    line = chunk.split(b"\r\n", 1)[0]
+                    if self.proxy._note_request(line):
+                        break  # this request found the endpoint down: drop it unanswered
+                    self.fault = self.proxy._take_fault(line)
                     self.sent_in_response = 0
-                    self.proxy.requests += 1
                     if self.proxy.latency_s:
                         time.sleep(self.proxy.latency_s)
                 self.upstream.sendall(chunk)
@@ -105,14 +113,18 @@ class FaultProxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.latency_s = latency_s
         self.requests = 0
-        self.fired: dict[str, int] = {"stall": 0, "cut": 0}
+        self.log: list[str] = []  # every request line, in arrival order
+        self.fired: dict[str, int] = {"stall": 0, "cut": 0, "down": 0}
         self._faults: deque[Fault] = deque()
+        self._down_trigger: tuple[re.Pattern[bytes], int] | None = None  # (match, countdown)
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._server = socket.create_server((host, 0))
         self._server.settimeout(0.1)  # accept() wakes up to notice stop()
+        self._address = self._server.getsockname()[:2]
         self._stopping = threading.Event()
-        self.endpoint = f"http://{host}:{self._server.getsockname()[1]}"
+        self._down = threading.Event()
+        self.endpoint = f"http://{host}:{self._address[1]}"
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
     # ---- arming faults ---------------------------------------------------------------------
@@ -128,6 +140,51 @@ class FaultProxy:
     def _arm(self, n: int, fault: Fault) -> None:
         with self._lock:
             self._faults.extend([fault] * n)
+
+    def down_at(self, n: int = 1, *, match: str = "") -> None:
+        """The ``n``-th matching request from now finds the endpoint down: it is dropped
+        unanswered, and every connection is refused until ``up()``."""
+        with self._lock:
+            self._down_trigger = (re.compile(match.encode()), n)
+
+    @property
+    def is_down(self) -> bool:
+        return self._down.is_set()
+
+    def down(self) -> None:
+        """Close the port and every live connection: clients get refused connections."""
+        with self._lock:
+            self._down_trigger = None
+            if self._down.is_set():
+                return
+            self._down.set()
+            self.fired["down"] += 1
+            connections = list(self._connections)
+        self._server.close()  # the accept loop sees OSError and waits for up()
+        for connection in connections:
+            connection.close()
+
+    def up(self) -> None:
+        """Listen on the same port again (the endpoint URL stays valid)."""
+        with self._lock:
+            if not self._down.is_set():
+                return
+            self._server = socket.create_server(self._address)
+            self._server.settimeout(0.1)
+            self._down.clear()
+
+    def _note_request(self, request_line: bytes) -> bool:
+        """Log a request; True if it finds (or takes) the endpoint down."""
+        with self._lock:
+            self.requests += 1
+            self.log.append(request_line.decode("latin-1"))
+            trigger, goes_down = self._down_trigger, False
+            if trigger is not None and trigger[0].search(request_line):
+                goes_down = trigger[1] <= 1
+                self._down_trigger = None if goes_down else (trigger[0], trigger[1] - 1)
+        if goes_down:
+            self.down()
+        return goes_down or self._down.is_set()
 
     def _take_fault(self, request_line: bytes) -> Fault | None:
         with self._lock:
@@ -146,6 +203,7 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._down.clear()
         self._thread.join(timeout=5)
         self._server.close()
         with self._lock:
@@ -161,11 +219,16 @@ class FaultProxy:
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
+            if self._down.is_set():
+                self._stopping.wait(DOWN_POLL_S)
+                continue
             try:
                 client, _ = self._server.accept()
             except TimeoutError:
                 continue
             except OSError:
+                if self._down.is_set():
+                    continue  # closed by down(): wait for up()
                 return
             client.settimeout(None)
             try:

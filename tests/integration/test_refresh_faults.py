@@ -1,0 +1,154 @@
+"""The full refresh when S3 goes down mid-stage: the ingest task retries, the flow run fails
+with one clear line, and after recovery a re-run completes without fetching again what was
+already fetched. Real SeaweedFS behind the fault proxy, a real Prefect server, MLflow on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from housegan import curate, manifest, storage
+from housegan.config import Settings, get_settings
+from housegan.testing import photo_bytes
+from housegan.testing.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.integration
+
+CITIES = ("austin", "boston")
+PER_CITY = 4
+TASK_RETRIES = 2  # Prefect retries of the ingest task: 3 attempts in all
+FETCHED_BEFORE_OUTAGE = 3  # object GETs answered before the endpoint goes down
+
+
+@pytest.fixture
+def proxy(s3_server) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_server.endpoint) as running:
+        yield running
+
+
+@pytest.fixture
+def photos(s3_server, bucket) -> dict[str, bytes]:
+    """Raw listing photos (key under ``raw/`` -> bytes), written straight to S3."""
+    bodies = {
+        f"{city}/{i}/p.jpg": photo_bytes(seed=n)
+        for n, (city, i) in enumerate((c, i) for c in CITIES for i in range(PER_CITY))
+    }
+    client = s3_server.client()
+    for key, body in bodies.items():
+        client.put_object(Bucket=bucket, Key=f"raw/{key}", Body=body)
+    return bodies
+
+
+@pytest.fixture
+def configured(
+    settings: Settings, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """get_settings() aimed at S3 through the proxy, with retries that cost no waiting and one
+    fetch at a time (so the outage lands after a known number of fetched photos)."""
+    env = {
+        "HOUSEGAN_SOURCE_URI": settings.source_uri,
+        "HOUSEGAN_STORE_URI": settings.store_uri,
+        "HOUSEGAN_S3_ENDPOINT_URL": proxy.endpoint,
+        "HOUSEGAN_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "HOUSEGAN_INGEST__CONCURRENCY": "1",
+        "HOUSEGAN_INGEST__RETRIES": "1",
+        "HOUSEGAN_INGEST__RETRY_BACKOFF_S": "0.01",
+        "HOUSEGAN_INGEST__CONNECT_TIMEOUT_S": "1",
+        "HOUSEGAN_INGEST__READ_TIMEOUT_S": "2",
+        "HOUSEGAN_INGEST__FAIL_FAST_TIMEOUT_S": "2",
+        "HOUSEGAN_INGEST__TASK_RETRIES": str(TASK_RETRIES),
+        "HOUSEGAN_INGEST__TASK_RETRY_DELAY_S": "0",
+        "HOUSEGAN_EMBED__INPUT_SIZE": "32",
+        "HOUSEGAN_EMBED__NUM_WORKERS": "0",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def object_gets(bucket: str) -> str:
+    """Request lines of raw photo GETs (not listings: GET /bucket?list-type=2...)."""
+    return rf"^GET /{bucket}/raw/[^? ]+ "
+
+
+def raw_objects(s3_server, bucket: str) -> dict[str, bytes]:
+    """The raw photos as S3 holds them now, read directly (not through the proxy)."""
+    client = s3_server.client()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="raw/")["Contents"]
+    return {
+        obj["Key"].removeprefix("raw/"): client.get_object(Bucket=bucket, Key=obj["Key"])[
+            "Body"
+        ].read()
+        for obj in listed
+    }
+
+
+async def ingest_attempts(flow_run_id: UUID) -> list[int]:
+    """``run_count`` of each ``ingest`` task run under the refresh (in its ingest subflow)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    async with get_client() as client:
+        children = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
+        )
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": [run.id for run in children]})
+        )
+    return [run.run_count for run in runs if run.name.startswith("ingest-")]  # "ingest-685"
+
+
+def refresh(**parameters: Any):
+    """``full_refresh`` without training; its final state (failed or not)."""
+    from flows.refresh import full_refresh
+
+    return full_refresh(train=False, return_state=True, **parameters)
+
+
+def test_s3_down_during_ingest_retries_fails_in_one_line_and_recovers(
+    prefect_harness, configured, proxy, photos, bucket, s3_server
+):
+    collection = manifest.collection_uri(configured.store_uri)
+    proxy.down_at(FETCHED_BEFORE_OUTAGE + 1, match=object_gets(bucket))
+
+    failed = refresh()
+
+    # The ingest task retried, then the flow run failed with one line naming the endpoint.
+    assert failed.is_failed()
+    assert asyncio.run(ingest_attempts(failed.state_details.flow_run_id)) == [TASK_RETRIES + 1]
+    message = failed.message or ""
+    assert "\n" not in message and "Traceback" not in message
+    assert f"cannot reach S3 endpoint {proxy.endpoint}" in message, message
+    # What the first attempt fetched before the outage is published, and nothing downstream
+    # ran on it; the raw photos are untouched.
+    kept = manifest.read(storage.latest_uri(collection))
+    assert sorted(kept["key"]) == sorted(photos)[:FETCHED_BEFORE_OUTAGE]
+    assert set(kept["status"]) == {"ok"}
+    curated = manifest.collection_uri(configured.store_uri, curate.CURATED_COLLECTION)
+    assert storage.latest_uri(curated) is None
+    assert raw_objects(s3_server, bucket) == photos
+
+    proxy.up()
+    done = refresh()
+
+    assert done.is_completed(), done.message
+    result = done.result()
+    ingested = result["ingest"]
+    assert ingested.counts == {"ok": len(photos)}
+    # Ingest fetches only what the outage kept from it: the photos published before are carried.
+    assert (ingested.new, ingested.downloaded) == (len(photos) - FETCHED_BEFORE_OUTAGE,) * 2
+    assert proxy.fired["down"] == 1
+    assert result["curate"].filter.funnel["objects"] == len(photos)
+    assert raw_objects(s3_server, bucket) == photos
