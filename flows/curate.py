@@ -30,10 +30,13 @@ from tasks.runtime import run_fresh
 
 @flow(name="curate")
 def curate_flow(
-    manifest_uri: str | None = None, store_uri: str | None = None, labels_uri: str | None = None
+    manifest_uri: str | None = None,
+    store_uri: str | None = None,
+    labels_uri: str | None = None,
+    parent_run_id: str | None = None,
 ) -> CurateResult:
     """Curate an image manifest (default: the store's latest); the result names the curated
-    manifest, the funnel and the MLflow run."""
+    manifest, the funnel and the MLflow run (nested under ``parent_run_id`` when given)."""
     source = resolve_task(manifest_uri, store_uri or get_settings().store_uri, labels_uri)
     scoring = quality_task.submit(source.photos)  # reads photos while embedding computes
     tuned = run_fresh(finetune_task, source)  # None: the configured VGG16 embeds
@@ -43,7 +46,7 @@ def curate_flow(
     types = run_fresh(types_task, TypesInput.after(source, clusters))
     filtered = run_fresh(filter_task, FilterInput.after(source, clusters, types, scored))
     curated = CurateResult(source, tuned, embedded, scored, clusters, types, filtered)
-    return log_task(publish_task(curated))
+    return log_task(publish_task(curated), parent_run_id)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ def demo_flow(
     synthetic = synthesize_task(settings.source_uri, cities, per_city, seed)
     labelled = seed_labels_task(synthetic["truth_uri"], settings.store_uri, labels_per_type, seed)
     refreshed = full_refresh(
-        settings.source_uri,
-        settings.store_uri,
-        labelled["labels_uri"],
+        source_uri=settings.source_uri,
+        store_uri=settings.store_uri,
+        labels_uri=labelled["labels_uri"],
         kimg=kimg,
         max_minutes=max_minutes,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tempfile
 import time
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import mlflow
 import mlflow.data
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
 
 # MLflow refuses param values longer than this.
 _MAX_PARAM_CHARS = 6000
+# Every run says which stage it records under this one tag (ingest, curate, train, evaluate,
+# refresh); runs logged before it was unified carry "stage", which readers still accept.
+STAGE_TAG = "housegan.stage"
+_LEGACY_STAGE_TAG = "stage"
+OUT_DIR_TAG = "housegan.out_dir"  # on a training run: its folder (checkpoints, model)
 
 
 @contextmanager
@@ -47,12 +53,20 @@ def start_run(
     run_name: str | None = None,
     run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Open (or, given ``run_id``, resume) a run in ``experiment``; ends it on exit."""
+    """Open (or, given ``run_id``, resume) a run in ``experiment``, nested under
+    ``parent_run_id`` when given (a refresh's run, perhaps logged by another process); ends it
+    on exit."""
     mlflow.set_tracking_uri(tracking_uri)
     if run_id is None:
         mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_id=run_id, run_name=run_name, tags=dict(tags or {})) as run:
+    with mlflow.start_run(
+        run_id=run_id,
+        run_name=run_name,
+        tags=dict(tags or {}),
+        parent_run_id=None if run_id else parent_run_id,
+    ) as run:
         yield run
 
 
@@ -270,13 +284,17 @@ def train_tracked(
     experiment: str,
     *,
     resume: bool = False,
+    warm_start_from: str | None = None,
+    parent_run_id: str | None = None,
     reporter: Any = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> TrackedTraining:
-    """Train on a prepared dataset inside an MLflow run, then log and register G_ema.
+    """Train on a prepared dataset inside an MLflow run (nested under ``parent_run_id``, a
+    refresh's run), then log and register G_ema.
 
     The run id is kept in ``<out_dir>/mlflow_run.json``: ``resume`` continues that run (and the
     newest checkpoint), so a spot interruption leaves one run per model, not one per segment.
+    The run records the device minutes it cost (``cost/gpu_minutes`` on CUDA).
     """
     from housegan.gan.train import train
 
@@ -284,12 +302,17 @@ def train_tracked(
     run_id = read_run_id(out_dir, storage_options) if resume else None
     run_name = f"cgan-{info['dataset_id']}-r{cfg.image_size}"
     _ensure_sqlite_folder(tracking_uri)
-    with start_run(tracking_uri, experiment, run_name=run_name, run_id=run_id) as run:
+    with start_run(
+        tracking_uri, experiment, run_name=run_name, run_id=run_id, parent_run_id=parent_run_id
+    ) as run:
         run_id = run.info.run_id
         samples_uri = f"{run.info.artifact_uri}/images"
         url = run_url(tracking_uri, run.info.experiment_id, run_id)
         _write_run_id(out_dir, run_id, tracking_uri, storage_options)
-        mlflow.set_tags({"stage": "train", "dataset_id": info["dataset_id"]})
+        mlflow.set_tags(
+            {STAGE_TAG: "train", "dataset_id": info["dataset_id"], OUT_DIR_TAG: out_dir}
+            | ({"warm_start_from": warm_start_from} if warm_start_from else {})
+        )
         if not _has_input(run_id, info["dataset_id"]):
             with warnings.catch_warnings():  # MLflow's hints about a one-row summary frame
                 warnings.simplefilter("ignore", UserWarning)
@@ -304,9 +327,11 @@ def train_tracked(
             out_dir,
             cfg,
             resume=resume,
+            warm_start_from=warm_start_from,
             reporter=FanOutReporter(MlflowReporter(run_id), reporter),
             storage_options=storage_options,
         )
+        log_metrics(device_minutes(cfg.device, result.seconds, _previous_minutes(run_id)))
         model = log_generator_model(
             result.out_dir,
             cfg.registered_model_name,
@@ -326,6 +351,26 @@ def train_tracked(
         run_url=url,
         result=result,
     )
+
+
+GPU_MINUTES, DEVICE_MINUTES = "cost/gpu_minutes", "cost/device_minutes"
+
+
+def device_minutes(device: str, seconds: float, before: float = 0.0) -> dict[str, float]:
+    """What a training cost, summed over resumed segments: wall minutes on its device, and the
+    same as GPU minutes (x the processes' GPUs) when that device is CUDA."""
+    from housegan.devices import resolve_device
+
+    minutes = before + seconds / 60
+    on_gpu = resolve_device(device).type == "cuda"
+    gpus = max(1, int(os.environ.get("WORLD_SIZE", "1"))) if on_gpu else 0
+    return {DEVICE_MINUTES: minutes, GPU_MINUTES: minutes * gpus}
+
+
+def _previous_minutes(run_id: str) -> float:
+    """Device minutes a resumed run logged in its earlier segments."""
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    return float(metrics.get(DEVICE_MINUTES, 0.0))
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
@@ -505,7 +550,7 @@ def _evaluation_run(client: MlflowClient, run: Any, version_tags: Mapping[str, s
 class RunSummary:
     run_id: str
     name: str
-    stage: str | None  # the housegan.stage / stage tag: curate, train, evaluate, ...
+    stage: str | None  # STAGE_TAG: ingest, curate, train, evaluate, refresh
     status: str
     start_time: int | None  # ms since the epoch
     end_time: int | None
@@ -542,7 +587,7 @@ def _run_summary(run: Any) -> RunSummary:
     return RunSummary(
         run_id=run.info.run_id,
         name=run.info.run_name or run.info.run_id[:8],
-        stage=tags.get("housegan.stage") or tags.get("stage"),
+        stage=tags.get(STAGE_TAG) or tags.get(_LEGACY_STAGE_TAG),
         status=run.info.status,
         start_time=run.info.start_time,
         end_time=run.info.end_time,
@@ -685,7 +730,7 @@ def log_evaluation(
     else:
         experiment_id = mlflow.set_experiment(experiment).experiment_id
     tags = {
-        "stage": "evaluate",
+        STAGE_TAG: "evaluate",
         EVALUATION_KEY_TAG: evaluation.key,
         "embed_tag": evaluation.embed_tag,
         "dataset_id": evaluation.dataset_id,
@@ -755,3 +800,99 @@ def check_thresholds(
     except ModelValidationFailedException as exc:
         return exc.message
     return None
+
+
+# A refresh is one parent run; each stage's run (ingest, curate, train -> its evaluations) is
+# nested under it, perhaps logged by another process (the GPU worker), so the parent is opened
+# and closed by id rather than held as the active run.
+RefreshStatus = Literal["FINISHED", "FAILED", "KILLED"]
+
+
+def start_refresh_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Create a refresh's parent run (left running) and return its id."""
+    _ensure_sqlite_folder(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={STAGE_TAG: "refresh", **(tags or {})}
+    )
+    flat = flatten({k: v for k, v in params.items() if v is not None})
+    client.log_batch(
+        run.info.run_id,
+        params=[Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in flat.items()],
+    )
+    return run.info.run_id
+
+
+def log_stage_run(
+    parent_run_id: str,
+    stage: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float | None],
+    tracking_uri: str,
+) -> str:
+    """A finished run nested under ``parent_run_id`` for a stage that keeps no run of its own
+    (ingest's counts); returns its id."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    run = client.create_run(
+        experiment_id,
+        run_name=stage,
+        tags={STAGE_TAG: stage, "mlflow.parentRunId": parent_run_id},
+    )
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+        params=[Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in flatten(params).items()],
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def end_refresh_run(
+    run_id: str,
+    metrics: Mapping[str, float | None],
+    status: RefreshStatus,
+    tracking_uri: str,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Record a refresh's totals (GPU minutes, counts) and end its parent run."""
+    client = MlflowClient(tracking_uri)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+        tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+    )
+    client.set_terminated(run_id, status)
+
+
+def child_runs(parent_run_id: str, tracking_uri: str | None = None) -> list[RunSummary]:
+    """The runs nested directly under ``parent_run_id``, oldest first."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return [_run_summary(run) for run in runs]
+
+
+def run_metrics(run_id: str, tracking_uri: str | None = None) -> dict[str, float]:
+    return dict(MlflowClient(tracking_uri).get_run(run_id).data.metrics)
+
+
+def log_dict_to_run(
+    run_id: str, data: Mapping[str, Any], artifact_file: str, tracking_uri: str | None = None
+) -> None:
+    """``log_dict`` for a run that is not the active one (a refresh's parent)."""
+    MlflowClient(tracking_uri).log_dict(run_id, dict(data), artifact_file)

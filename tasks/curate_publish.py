@@ -21,10 +21,10 @@ def publish_task(inputs: CurateResult) -> CurateResult:
 
 
 @step_task(steps.log_curation, cache=False, retries=2, retry_delay_seconds=5)
-def log_task(inputs: CurateResult) -> CurateResult:
-    """One MLflow run (funnel, galleries, classifier and fine-tune accuracy, the dataset), plus
-    the funnel table and summary artifacts."""
-    logged = run_step(steps.log_curation, inputs)
+def log_task(inputs: CurateResult, parent_run_id: str | None = None) -> CurateResult:
+    """One MLflow run (funnel, galleries, classifier and fine-tune accuracy, the dataset), nested
+    under a refresh's run when given, plus the funnel table and summary artifacts."""
+    logged = run_step(steps.log_curation, inputs, parent_run_id=parent_run_id)
     if in_task_run():
         funnel = curate.read_funnel(logged.filter.run_uri, get_settings().storage_options())
         create_table_artifact(

@@ -5,11 +5,12 @@ networks, so each task can run alone, be retried or move to a GPU worker."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import FlowRun
 from prefect.context import TaskRunContext
 
 from housegan.config import get_settings
@@ -129,3 +130,83 @@ def sample_grid_task(model_uri: str, path: str, seed: int = 0, per_class: int = 
     serving.class_grid(model, seed, per_class).save(out)
     task_logger(__name__).info("sample grid of %s -> %s", model_uri, out)
     return str(out)
+
+
+Placement = Literal["gpu-pool", "in-process"]
+
+
+@task(name="train-placement", cache_policy=NO_CACHE)
+def train_placement_task() -> Placement:
+    """Where the refresh trains: the train deployment's pool when a worker is online there
+    (``orchestration.train_on``), else in this process, and the log says why."""
+    cfg = get_settings().orchestration
+    if cfg.train_on == "in-process":
+        return "in-process"
+    unavailable = _pool_unavailable(cfg.train_deployment)
+    if unavailable is None:
+        task_logger(__name__).info("training on the pool of deployment %s", cfg.train_deployment)
+        return "gpu-pool"
+    if cfg.train_on == "gpu-pool":
+        raise RuntimeError(f"orchestration.train_on='gpu-pool' but {unavailable}")
+    task_logger(__name__).warning("%s: training in-process on this worker instead", unavailable)
+    return "in-process"
+
+
+def _pool_unavailable(deployment_name: str) -> str | None:
+    """Why the deployment cannot take a run now (no such deployment, no online worker on its
+    pool), or None."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import WorkerStatus
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(deployment_name)
+        except ObjectNotFound:
+            return f"no deployment {deployment_name!r} on this Prefect server"
+        pool = deployment.work_pool_name
+        if pool is None:
+            return f"deployment {deployment_name!r} has no work pool"
+        workers = client.read_workers_for_work_pool(pool)
+    if not any(worker.status == WorkerStatus.ONLINE for worker in workers):
+        return f"no worker is online on work pool {pool!r} (deployment {deployment_name})"
+    return None
+
+
+@task(name="warm-start", cache_policy=NO_CACHE)
+def warm_start_task(dataset: PreparedDataset) -> str | None:
+    """The champion's checkpoint when its labels are this dataset's (a warm start), else None."""
+    settings = get_settings()
+    found = steps.warm_start_from(dataset, settings, settings.storage_options())
+    task_logger(__name__).info(
+        "warm start from %s" if found else "cold start: %s has no champion with the same labels",
+        found or dataset.dataset_id,
+    )
+    return found
+
+
+@task(name="pool-training-result", cache_policy=NO_CACHE)
+def pool_training_result_task(flow_run: FlowRun, out_dir: str) -> Trained:
+    """The record of a training run on the pool, once it COMPLETED; a run that failed, crashed
+    or is still going after the timeout fails this task with one line saying which."""
+    state = flow_run.state
+    if state is not None and state.is_completed():
+        trained = steps.read_trained(out_dir, get_settings().storage_options())
+        task_logger(__name__).info("trained on the pool: %s", trained)
+        return trained
+    if state is None or not state.is_final():
+        _cancel(flow_run)
+        minutes = get_settings().orchestration.train_timeout_minutes
+        raise TimeoutError(
+            f"train run {flow_run.name} did not finish within {minutes:g} minutes "
+            f"(state {state.name if state else 'unknown'}); it was cancelled"
+        )
+    raise RuntimeError(f"train run {flow_run.name} ended {state.name}: {state.message}")
+
+
+def _cancel(flow_run: FlowRun) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Cancelling(), force=True)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -102,12 +102,19 @@ def prepare(
     storage_options: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     workers: int = 8,
+    cities: Sequence[str] | None = None,
 ) -> PreparedDataset:
-    """Pack the manifest's trainable rows at R×R under the store; idempotent by dataset id."""
+    """Pack the manifest's trainable rows (of ``cities`` only, when given) at R×R under the
+    store; idempotent by dataset id."""
     frame = manifest.read(manifest.resolve(manifest_uri, storage_options), storage_options)
     rows = select_rows(frame)
+    if cities:
+        rows = rows[rows["city"].astype(str).isin(list(cities))]
     if rows.empty:
-        raise ValueError(f"{manifest_uri} has no trainable rows (keep/status filters applied)")
+        only = f" of cities {sorted(cities)}" if cities else ""
+        raise ValueError(
+            f"{manifest_uri} has no trainable rows{only} (keep/status filters applied)"
+        )
     rows = rows.assign(_key=_content_keys(rows)).sort_values(["_key", "uri"], kind="stable")
     ds_id = dataset_id(rows, image_size)
     folder = storage.join(storage.normalize_uri(store_uri), DATASETS_DIR, ds_id)

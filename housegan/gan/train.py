@@ -93,12 +93,15 @@ def train(
     cfg: GanSettings,
     *,
     resume: bool = False,
+    warm_start_from: str | None = None,
     reporter: Reporter | None = None,
     storage_options: Mapping[str, Any] | None = None,
     d_loss_hook: LossHook | None = None,
     stop_requested: threading.Event | None = None,
 ) -> TrainResult:
     """Train on a prepared dataset; ``resume`` continues from the newest checkpoint in out_dir.
+    ``warm_start_from`` (a checkpoint of another run with the same labels and networks) gives
+    the starting weights of a fresh run; a resumed run ignores it.
 
     Under ``torchrun`` every rank calls this; rank 0 reports and writes files. ``d_loss_hook``
     sees (step, D loss) before the update: fault drills (``housegan.testing.faults``) use it.
@@ -117,8 +120,9 @@ def train(
     )
     try:
         with _spot_watch(trainer):
-            if resume:
-                trainer.resume()
+            resumed = resume and trainer.resume()
+            if warm_start_from and not resumed:
+                trainer.warm_start(warm_start_from)
             return trainer.run()
     finally:
         ddp.teardown(trainer.dist)
@@ -592,6 +596,22 @@ class Trainer:
         self._apply_lr()  # config LRs (x the guard's scale) win over the saved ones
         self.last_checkpoint, self.checkpoint_step = uri, self.step
         return True
+
+    def warm_start(self, checkpoint_uri: str) -> None:
+        """Start from another run's weights (G, D, G_ema and ADA's p): a new schedule, fresh
+        optimizers. The labels must be the same, in the same order: the embeddings index them.
+        """
+        state = checkpoint.load(checkpoint_uri, self.storage_options, map_location="cpu")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint: {checkpoint_uri}")
+        if state["vocab"] != self.vocab or state["spec"] != asdict(self.spec):
+            raise ValueError(
+                f"cannot warm-start from {checkpoint_uri}: it has labels {state['vocab']} and "
+                f"{state['spec']}; this run has {self.vocab} and {asdict(self.spec)}"
+            )
+        for key in ("G", "D", "G_ema"):
+            getattr(self, key).load_state_dict(state[key])
+        self.augment.p = state["augment_p"].reshape(()).to(self.augment.p)
 
     def _apply_lr(self) -> None:
         for opt, base in ((self.opt_g, self.cfg.g_lr), (self.opt_d, self.cfg.d_lr)):

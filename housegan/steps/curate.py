@@ -312,9 +312,11 @@ def log_curation(
     cfg: CurateSettings,
     *,
     storage_options: Options = None,
+    parent_run_id: str | None = None,
 ) -> CurateResult:
-    """One MLflow run: params, funnel metrics and table, classifier and fine-tune accuracy,
-    confusion matrix, cluster and dropped-photo galleries, the curated training set as input."""
+    """One MLflow run (nested under ``parent_run_id``, a refresh's run, when given): params,
+    funnel metrics and table, classifier and fine-tune accuracy, confusion matrix, cluster and
+    dropped-photo galleries, the curated training set as input."""
     from PIL import Image
 
     from housegan import images, tracking
@@ -324,7 +326,11 @@ def log_curation(
 
     weights = inputs.finetune.weights_uri if inputs.finetune else None
     with tracking.start_run(
-        tracking_uri, experiment, run_name="curate", tags={"housegan.stage": "curate"}
+        tracking_uri,
+        experiment,
+        run_name="curate",
+        tags={tracking.STAGE_TAG: "curate"},
+        parent_run_id=parent_run_id,
     ) as run:
         tracking.log_params(
             {

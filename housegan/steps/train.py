@@ -8,7 +8,8 @@ Prefect tasks. The work is in ``housegan.gan.data``, ``housegan.gan.train`` and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from housegan import manifest, storage
 from housegan.config import GanSettings, Settings
 from housegan.curate import CURATED_COLLECTION
 from housegan.gan.data import PreparedDataset
-from housegan.steps import step
+from housegan.steps import from_json, step, to_json
 
 Options = Mapping[str, Any] | None
 TRAINING_DIR = "training"
@@ -27,14 +28,20 @@ class PrepareInput:
     manifest_uri: str  # a manifest version or collection (its latest)
     store_uri: str
     image_size: int
+    cities: tuple[str, ...] | None = None  # train on these cities only; None: all
 
     @classmethod
-    def of(cls, manifest_uri: str | None, store_uri: str, image_size: int) -> PrepareInput:
+    def of(
+        cls,
+        manifest_uri: str | None,
+        store_uri: str,
+        image_size: int,
+        cities: Sequence[str] | None = None,
+    ) -> PrepareInput:
         """Default manifest: the store's latest curated one."""
         store = storage.normalize_uri(store_uri)
-        return cls(
-            manifest_uri or manifest.collection_uri(store, CURATED_COLLECTION), store, image_size
-        )
+        manifest_uri = manifest_uri or manifest.collection_uri(store, CURATED_COLLECTION)
+        return cls(manifest_uri, store, image_size, tuple(sorted(cities)) if cities else None)
 
 
 @step(writes=lambda dataset: [dataset.uri])
@@ -49,7 +56,12 @@ def prepare_dataset(
     from housegan.gan.data import prepare
 
     return prepare(
-        inputs.manifest_uri, inputs.store_uri, inputs.image_size, storage_options, progress=progress
+        inputs.manifest_uri,
+        inputs.store_uri,
+        inputs.image_size,
+        storage_options,
+        progress=progress,
+        cities=inputs.cities,
     )
 
 
@@ -75,6 +87,8 @@ class TrainInput:
     out_dir: str  # the run folder: checkpoints/, the model `generate` loads
     overrides: GanOverrides = GanOverrides()
     resume: bool = False  # continue out_dir's newest checkpoint and MLflow run
+    warm_start_from: str | None = None  # a checkpoint with the same labels: starting weights
+    parent_run_id: str | None = None  # the refresh's MLflow run, which this run nests under
 
 
 def run_folder(store_uri: str, dataset_id: str, image_size: int) -> str:
@@ -98,6 +112,11 @@ class Trained:
     kimg: float
     images_per_second: float
     rollbacks: int
+    gpu_minutes: float = 0.0  # summed over resumed segments; 0 on CPU
+    warm_start_from: str | None = None
+
+
+TRAINED_FILE = "trained.json"  # the record in the run folder: what a remote caller reads back
 
 
 @step("gan", "mlflow_tracking_uri", "mlflow_experiment", writes=lambda t: [t.out_dir])
@@ -123,11 +142,13 @@ def train_model(
         tracking_uri,
         experiment,
         resume=inputs.resume,
+        warm_start_from=inputs.warm_start_from,
+        parent_run_id=inputs.parent_run_id,
         reporter=reporter,
         storage_options=storage_options,
     )
     result = tracked.result
-    return Trained(
+    trained = Trained(
         run_id=tracked.run_id,
         model_uri=tracked.model_uri,
         model_version=tracked.model_version,
@@ -139,7 +160,55 @@ def train_model(
         kimg=result.kimg,
         images_per_second=result.images_per_second,
         rollbacks=result.rollbacks,
+        gpu_minutes=tracking.run_metrics(tracked.run_id).get(tracking.GPU_MINUTES, 0.0),
+        warm_start_from=inputs.warm_start_from,
     )
+    record = json.dumps(to_json(trained), indent=2).encode()
+    storage.write_bytes_atomic(storage.join(trained.out_dir, TRAINED_FILE), record, storage_options)
+    return trained
+
+
+def read_trained(out_dir: str, storage_options: Options = None) -> Trained:
+    """The record ``train_model`` left in ``out_dir`` (a run that trained on another worker)."""
+    data = storage.read_bytes(storage.join(out_dir, TRAINED_FILE), storage_options)
+    return from_json(Trained, json.loads(data))
+
+
+def champion_checkpoint(
+    name: str, tracking_uri: str, storage_options: Options = None
+) -> tuple[str, dict[str, list[str]]] | None:
+    """(newest checkpoint, its labels) of the version ``champion`` names, or None when there is
+    no champion or its run folder is gone."""
+    from housegan import tracking
+    from housegan.evaluate.promote import CHAMPION
+    from housegan.gan import checkpoint
+
+    version = tracking.alias_version(name, CHAMPION, tracking_uri)
+    if version is None:
+        return None
+    run_id = tracking.registered_version(f"models:/{name}/{version}", tracking_uri).run_id
+    tags = tracking.run_summary(run_id, tracking_uri).tags if run_id else {}
+    out_dir = tags.get(tracking.OUT_DIR_TAG)  # absent on runs logged before it was tagged
+    latest = checkpoint.latest(out_dir, storage_options) if out_dir else None
+    if latest is None:
+        return None
+    state = checkpoint.load(latest, storage_options, map_location="cpu")
+    return latest, state["vocab"]
+
+
+def warm_start_from(
+    dataset: PreparedDataset, settings: Settings, storage_options: Options = None
+) -> str | None:
+    """The champion's checkpoint when its labels are exactly this dataset's, else None (a
+    cold start: new cities or types need new embedding rows)."""
+    found = champion_checkpoint(
+        settings.gan.registered_model_name, settings.mlflow_tracking_uri, storage_options
+    )
+    if found is None:
+        return None
+    uri, vocab = found
+    same = vocab == {"city": dataset.cities, "image_type": dataset.image_types}
+    return uri if same else None
 
 
 @dataclass(frozen=True)

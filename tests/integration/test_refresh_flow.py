@@ -88,3 +88,15 @@ def test_demo_flow_runs_every_stage_promotes_its_model_and_a_refresh_redoes_noth
     else:  # the gate refused it: challenger, with the reason recorded, and no champion
         assert promoted.decision == "challenger" and promoted.reason
         assert tracking.alias_version("housegan-cgan", "champion", tracking_uri) is None
+    # Lineage: the refresh is one parent run; ingest, curate and train runs nest under it (the
+    # evaluation under the training run), and the parent holds the refresh's totals.
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(first["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags[tracking.STAGE_TAG] == "refresh"
+    nested = tracking.child_runs(first["mlflow_run_id"], tracking_uri)
+    assert [run.stage for run in nested] == ["ingest", "curate", "train"]
+    assert nested[2].run_id == first["train"].run_id
+    assert parent.data.metrics["photos/new"] == ingested.new
+    assert parent.data.metrics["cost/gpu_minutes"] == 0.0  # trained on the CPU
+    assert tracking.run_metrics(first["train"].run_id, tracking_uri)["cost/device_minutes"] > 0
+    assert client.get_run(evaluated.run_id).data.tags[tracking.STAGE_TAG] == "evaluate"
