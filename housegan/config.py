@@ -226,6 +226,9 @@ class GanSettings(BaseModel):
     batch_size: int = Field(32, ge=1, description="images per step and per process (DDP rank)")
     kimg: float = Field(10.0, gt=0, description="budget: thousands of real images shown")
     steps: int | None = Field(None, ge=1, description="budget in steps; overrides kimg when set")
+    warm_start_kimg: float = Field(
+        4.0, gt=0, description="budget of a retrain that starts from the champion's weights"
+    )
     max_minutes: float | None = Field(
         None, gt=0, description="wall-clock budget, summed over resumed segments"
     )
@@ -328,6 +331,14 @@ class StackSettings(BaseModel):
     )
     startup_timeout_s: float = 30.0
     mlflow_artifacts_uri: str = "s3://housegan/mlflow-artifacts"
+    db: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="MLflow's and Prefect's stores: SQLite files or a PostgreSQL server"
+    )
+    postgres_port: int = Field(0, ge=0, description="with db=postgres; 0 picks a free port")
+    workers: bool = Field(
+        True, description="with Prefect: the work pools, deployments and one worker per pool"
+    )
+    pools: tuple[str, ...] = Field(("cpu", "gpu"), description="process work pools (workers)")
 
 
 Resampling = Literal["nearest", "bilinear", "lanczos"]
@@ -484,6 +495,64 @@ class Ec2Settings(BaseModel):
         return type(self).model_validate({**self.model_dump(), **given})
 
 
+TrainPlacement = Literal["auto", "gpu-pool", "in-process"]
+
+
+class OrchestrationSettings(BaseModel):
+    """How the full refresh places its stages on Prefect work pools."""
+
+    train_on: TrainPlacement = Field(
+        "auto",
+        description="'gpu-pool': run the train deployment on its pool (fail if no worker is "
+        "online); 'in-process': train inside the refresh; 'auto': the pool when a worker is "
+        "online there, else in-process (logged)",
+    )
+    train_deployment: str = Field("train/train", description="FLOW/DEPLOYMENT that trains")
+    train_timeout_minutes: float = Field(
+        240.0, gt=0, description="give up waiting for the train deployment's run after this"
+    )
+    warm_start: bool = Field(
+        False,
+        description="start training from the champion's checkpoint when the labels match "
+        "(retrain sets it), for gan.warm_start_kimg instead of gan.kimg",
+    )
+
+
+WatchMode = Literal["listing", "sqs"]
+
+
+class WatchSettings(BaseModel):
+    """The source watcher (``flows/watch.py``): when new photos are worth a retrain, and
+    whether it lists the bucket or reads S3 event notifications from an SQS queue."""
+
+    min_new_photos: int = Field(
+        20, ge=1, description="announce only when at least this many photos are new or changed"
+    )
+    sqs_queue_url: str | None = Field(
+        None, description="read S3 event notifications from this SQS queue instead of listing"
+    )
+    sqs_region: str | None = Field(None, description="default: s3_region, then boto3's chain")
+    sqs_endpoint_url: str | None = Field(
+        None, description="SQS API endpoint (tests); default: boto3's, AWS_ENDPOINT_URL_SQS"
+    )
+    sqs_wait_s: int = Field(
+        20, ge=0, le=20, description="long-poll wait of the first receive (SQS allows 20 s)"
+    )
+    sqs_visibility_timeout_s: int = Field(
+        300,
+        ge=1,
+        description="received messages stay hidden this long; kept ones (below the threshold, "
+        "a crash) come back then: keep it below the watcher's interval",
+    )
+    sqs_max_messages: int = Field(
+        10_000, ge=1, description="most messages one watcher run takes off the queue"
+    )
+
+    @property
+    def mode(self) -> WatchMode:
+        return "sqs" if self.sqs_queue_url else "listing"
+
+
 class Settings(BaseSettings):
     """Everything a housegan run can be told."""
 
@@ -518,6 +587,8 @@ class Settings(BaseSettings):
     app: AppSettings = AppSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     ec2: Ec2Settings = Ec2Settings()
+    watch: WatchSettings = WatchSettings()
+    orchestration: OrchestrationSettings = OrchestrationSettings()
 
     @field_validator("key_pattern")
     @classmethod
