@@ -133,3 +133,115 @@ def _keep_main_module() -> Iterator[None]:
     yield
     if main is not None:
         sys.modules["__main__"] = main
+
+
+@dataclass(frozen=True)
+class DeployedStack:
+    """The whole local stack, as `housegan stack up --db postgres` starts it."""
+
+    dir: Path
+    settings_path: Path  # HOUSEGAN_CONFIG of the workers' flow runs
+    env: dict[str, str]  # the stack's env (AWS_*, MLFLOW_TRACKING_URI, PREFECT_API_URL, ...)
+    services: dict[str, stack.Service]
+    s3_endpoint: str
+    mlflow_uri: str
+    prefect_api_url: str
+    postgres_endpoint: str  # postgresql://postgres@host:port; password: stack.postgres_password
+
+
+@pytest.fixture(scope="session")
+def deployed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployedStack]:
+    """S3, PostgreSQL, MLflow and Prefect (both on PostgreSQL), the `cpu` and `gpu` pools, the
+    deployments of deployments/prefect.yaml and a worker per pool, on free loopback ports. The
+    workers' flow runs read a tiny-settings YAML (the stack's buckets, a tiny GAN at 32 px).
+    watch-source's schedule is paused: no retrain starts behind a test's back. ~1-2 minutes."""
+    import yaml
+
+    from housegan.testing.gan import TINY_GAN
+
+    root = tmp_path_factory.mktemp("stack")
+    key, secret = stack.credentials(root)
+    ports = {name: stack.free_port() for name in ("s3", "mlflow", "prefect")}
+    endpoints = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    settings_path = root / "housegan.yaml"
+    settings_path.write_text(yaml.safe_dump(_tiny_stack_settings(endpoints, TINY_GAN)))
+    worker_env = {"HOUSEGAN_CONFIG": str(settings_path)}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            # The servers and workers inherit this process's environment: none of the
+            # developer's HOUSEGAN_* settings.
+            for name in [n for n in os.environ if n.startswith("HOUSEGAN_")]:
+                patch.delenv(name)
+            services = stack.up(
+                root,
+                host="127.0.0.1",
+                s3_port=ports["s3"],
+                access_key=key,
+                secret_key=secret,
+                buckets=("listings", "housegan"),
+                timeout_s=120,
+                mlflow_port=ports["mlflow"],
+                prefect_port=ports["prefect"],
+                db="postgres",
+                pools=("cpu", "gpu"),
+                repo_dir=Path(__file__).resolve().parents[1],
+                worker_env=worker_env,
+            )
+        api = f"{endpoints['prefect']}/api"
+        _pause_deployment(api, "watch-source")
+        env = {**stack.stack_env(services, key, secret), **worker_env}
+        env["HOUSEGAN_REPO_DIR"] = str(Path(__file__).resolve().parents[1])
+        yield DeployedStack(
+            dir=root,
+            settings_path=settings_path,
+            env=env,
+            services=services,
+            s3_endpoint=endpoints["s3"],
+            mlflow_uri=endpoints["mlflow"],
+            prefect_api_url=api,
+            postgres_endpoint=services["postgres"].endpoint,
+        )
+    finally:
+        _down_and_check(root)
+
+
+def _tiny_stack_settings(endpoints: dict[str, str], tiny_gan: dict[str, str]) -> dict:
+    import yaml
+
+    gan = {k.lower(): yaml.safe_load(v) for k, v in tiny_gan.items()}
+    return {
+        "source_uri": "s3://listings/raw",
+        "store_uri": "s3://housegan/store",
+        "s3_endpoint_url": endpoints["s3"],
+        "mlflow_tracking_uri": endpoints["mlflow"],
+        "embed": {"input_size": 32, "num_workers": 0},
+        "gan": {**gan, "image_size": 32, "batch_size": 8, "steps": 4, "cpu_threads": 1},
+        "evaluate": {
+            "device": "cpu",
+            "samples_per_cell": 4,
+            "holdout_fraction": 0.25,
+            "kid_subsets": 2,
+            "classifier_pca_dim": 2,
+            "pairs_per_cell": 1,
+            "figure_thumb": 16,
+            "copy_threshold": 0.99,  # a 4-step generator's blobs are not copies
+        },
+    }
+
+
+def _pause_deployment(api_url: str, name: str) -> None:
+    body = {"deployments": {"name": {"any_": [name]}}}
+    for deployment in stack.prefect_api(api_url, "/deployments/filter", body):
+        stack.prefect_api(api_url, f"/deployments/{deployment['id']}/pause_deployment", {})
+
+
+def _down_and_check(root: Path) -> None:
+    """`stack down`, then every PID of the stack (workers' flow runs included) is gone."""
+    services = stack.read_state(root)
+    pids = [s.pid for s in services.values()]
+    for name, service in services.items():
+        if name.startswith(stack.WORKER_PREFIX) and service.alive():
+            pids += stack.descendants(service.pid)
+    stack.down(root)
+    alive = [pid for pid in pids if stack.pid_alive(pid)]
+    assert not alive, f"still running after stack.down: {alive}"

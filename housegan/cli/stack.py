@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from housegan import stack
 from housegan.config import get_settings
@@ -10,9 +11,15 @@ from housegan.config import get_settings
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "stack", help="start/stop the local servers: S3 (SeaweedFS), MLflow, Prefect, the app"
+        "stack",
+        help="start/stop the local servers: S3, PostgreSQL, MLflow, Prefect + workers, the app",
     )
     parser.add_argument("action", choices=("up", "down", "status", "env"))
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgres"),
+        help="with up: where MLflow and Prefect keep their stores (default: stack.db)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -37,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
             prefect_port=settings.prefect_port,
             app_port=settings.app_port,
             app_timeout_s=get_settings().app.startup_timeout_s,
+            db=args.db or settings.db,
+            postgres_port=settings.postgres_port or None,
+            pools=settings.pools if settings.workers else (),
         )
         for name, service in services.items():
             print(f"{name:8s} {service.endpoint}  (pid {service.pid}, log {service.log})")
@@ -45,15 +55,32 @@ def run(args: argparse.Namespace) -> int:
         stopped = stack.down(settings.dir)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
     elif args.action == "status":
-        services = stack.status(settings.dir)
-        if not services:
-            print("stack: not started")
-        for name, (service, alive) in services.items():
-            state = "running" if alive else "stopped"
-            print(f"{name}: {state} {service.endpoint} (pid {service.pid})")
-        return 0 if services and all(alive for _, alive in services.values()) else 1
+        return _status(settings.dir)
     else:  # env
         running = {n: s for n, (s, alive) in stack.status(settings.dir).items() if alive}
         for key, value in stack.stack_env(running, access_key, secret_key).items():
             print(f"export {key}={value}")
     return 0
+
+
+def _status(stack_dir: Path) -> int:
+    """The services, then (Prefect running) each pool's workers and deployments."""
+    services = stack.status(stack_dir)
+    if not services:
+        print("stack: not started")
+    for name, (service, alive) in services.items():
+        state = "running" if alive else "stopped"
+        backend = f" [{service.backend}]" if service.backend else ""
+        print(f"{name}: {state} {service.endpoint} (pid {service.pid}){backend}")
+    prefect = services.get("prefect")
+    if prefect and prefect[1]:
+        try:
+            pools = stack.prefect_overview(f"{prefect[0].endpoint}/api")
+        except OSError as error:
+            print(f"pools: Prefect API unreachable ({error})")
+            return 1
+        for pool in pools:
+            workers = ", ".join(f"{n} {s}" for n, s in pool.workers.items()) or "no worker"
+            print(f"pool {pool.name} ({pool.type}): {workers}")
+            print(f"  deployments: {', '.join(pool.deployments) or 'none'}")
+    return 0 if services and all(alive for _, alive in services.values()) else 1
