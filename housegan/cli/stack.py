@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from housegan import stack
-from housegan.config import get_settings
+from housegan.config import StackSettings, get_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,23 +32,11 @@ def run(args: argparse.Namespace) -> int:
         settings.secret_key.get_secret_value() if settings.secret_key else None,
     )
     if args.action == "up":
-        services = stack.up(
-            settings.dir,
-            host=settings.host,
-            s3_port=settings.s3_port,
-            access_key=access_key,
-            secret_key=secret_key,
-            buckets=settings.buckets,
-            timeout_s=settings.startup_timeout_s,
-            mlflow_port=settings.mlflow_port,
-            mlflow_artifacts_uri=settings.mlflow_artifacts_uri,
-            prefect_port=settings.prefect_port,
-            app_port=settings.app_port,
-            app_timeout_s=get_settings().app.startup_timeout_s,
-            db=args.db or settings.db,
-            postgres_port=settings.postgres_port or None,
-            pools=settings.pools if settings.workers else (),
-        )
+        try:
+            services = _up(args, settings, access_key, secret_key)
+        except stack.StackError as error:
+            print(f"housegan stack up: {error}", file=sys.stderr)
+            return 2
         for name, service in services.items():
             print(f"{name:8s} {service.endpoint}  (pid {service.pid}, log {service.log})")
         print("point clients at it with:  eval $(housegan stack env)")
@@ -84,3 +73,25 @@ def _status(stack_dir: Path) -> int:
             print(f"pool {pool.name} ({pool.type}): {workers}")
             print(f"  deployments: {', '.join(pool.deployments) or 'none'}")
     return 0 if services and all(alive for _, alive in services.values()) else 1
+
+
+def _up(
+    args: argparse.Namespace, settings: StackSettings, access_key: str, secret_key: str
+) -> dict[str, stack.Service]:
+    return stack.up(
+        settings.dir,
+        host=settings.host,
+        s3_port=settings.s3_port,
+        access_key=access_key,
+        secret_key=secret_key,
+        buckets=settings.buckets,
+        timeout_s=settings.startup_timeout_s,
+        mlflow_port=settings.mlflow_port,
+        mlflow_artifacts_uri=settings.mlflow_artifacts_uri,
+        prefect_port=settings.prefect_port,
+        app_port=settings.app_port,
+        app_timeout_s=get_settings().app.startup_timeout_s,
+        db=args.db or settings.db,
+        postgres_port=settings.postgres_port or None,
+        pools=settings.pools if settings.workers else (),
+    )
