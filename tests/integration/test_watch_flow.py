@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 
@@ -22,6 +24,8 @@ MIN_NEW_PHOTOS = 20
 EVENT_TIMEOUT_S = 30.0
 POLL_S = 0.5
 CLOCK_SLACK = timedelta(seconds=5)
+STACK_TIMEOUT_S = 60.0
+REGION = "us-east-1"
 
 
 def put_photos(s3_server, bucket: str, names: list[str]) -> None:
@@ -182,3 +186,58 @@ def retrain_runs(deployment_id, source_uri: str) -> list:
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
         )
     return [run for run in runs if run.parameters.get("source_uri") == source_uri]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_photos_landing_on_the_deployed_stack_make_one_retrain_run(deployed_stack, monkeypatch):
+    """The stack's Prefect server (PostgreSQL) with `prefect deploy --all`: one announcement
+    creates one retrain run (scheduled schedule_after out); a burst of three more inside the
+    window creates none."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.watch import watch_source
+
+    for name, value in deployed_stack.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HOUSEGAN_WATCH__MIN_NEW_PHOTOS", str(MIN_NEW_PHOTOS))
+    get_settings.cache_clear()
+    tag = uuid.uuid4().hex[:8]  # a source of its own: its own debounce window
+    source, store = f"s3://listings/watch-{tag}", f"s3://housegan/watch-{tag}"
+    s3 = boto3.client("s3", endpoint_url=deployed_stack.s3_endpoint, region_name=REGION)
+    for i, name in enumerate(photo_names(MIN_NEW_PHOTOS)):
+        s3.put_object(
+            Bucket="listings",
+            Key=f"watch-{tag}/austin/L{i}/{name}",
+            Body=photo_bytes(64, 48, seed=i),
+        )
+
+    with temporary_settings({PREFECT_API_URL: deployed_stack.prefect_api_url}):
+        deployment_id = stack_deployment_id("full-refresh/retrain")
+        first = watch_source(source, store)
+        runs = wait_for(lambda: retrain_runs(deployment_id, source), STACK_TIMEOUT_S)
+        burst = [watch_source(source, store) for _ in range(3)]
+        assert wait_for(lambda: len(announced(source)) == 1 + len(burst), STACK_TIMEOUT_S)
+        time.sleep(POLL_S * 10)
+        after_burst = retrain_runs(deployment_id, source)
+        cancel(after_burst)  # no full refresh of these 20 photos on the session's workers
+
+    assert first.event_id and all(result.event_id for result in burst)
+    assert len(runs) == 1 and runs[0].parameters["store_uri"] == store
+    assert [run.id for run in after_burst] == [runs[0].id]
+
+
+def stack_deployment_id(name: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name).id
+
+
+def cancel(runs: list) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True) as client:
+        for run in runs:
+            client.set_flow_run_state(run.id, Cancelled(), force=True)
