@@ -15,7 +15,9 @@ object's path relative to the source URI (what ``key_pattern`` reads city and li
   with ``dup_of`` naming it, whatever order the fetches finished in.
 * An object gone from the source keeps its previous row, marked ``missing``.
 * A new version is published (data file, then ``latest``) only when some row changed; a run
-  over an unchanged source publishes nothing and reports the current ``latest``.
+  over an unchanged source publishes nothing and reports the current ``latest``. Nor does a run
+  that fetched nothing while fetches failed (the endpoint went down after the listing): an
+  outage must not make a version, least of all an empty first one.
 * An object that still fails after all retries is left out of (or keeps its previous row in)
   the published version and is reported in ``failed``: the next run fetches it again.
 """
@@ -131,6 +133,8 @@ def ingest(
         published=False,
         failed=failed,
     )
+    if failed and not fetched:
+        return result  # nothing but failures: no version (see the module docstring)
     if previous_uri is None or not _same_rows(frame, previous):
         published_uri = manifest.write_version(
             frame,

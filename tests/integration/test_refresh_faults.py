@@ -117,6 +117,27 @@ def refresh(**parameters: Any):
     return full_refresh(train=False, return_state=True, **parameters)
 
 
+def assert_one_clear_line(state, endpoint: str) -> None:
+    """The failed run's message: one line naming the endpoint it could not reach."""
+    assert state.is_failed()
+    message = state.message or ""
+    assert "\n" not in message and "Traceback" not in message
+    assert f"cannot reach S3 endpoint {endpoint}" in message, message
+
+
+def test_s3_down_before_any_photo_is_fetched_publishes_no_manifest(
+    prefect_harness, configured, proxy, photos, bucket, s3_server
+):
+    proxy.down_at(1, match=object_gets(bucket))  # the listing succeeds, every fetch fails
+
+    failed = refresh()
+
+    assert_one_clear_line(failed, proxy.endpoint)
+    assert asyncio.run(ingest_attempts(failed.state_details.flow_run_id)) == [TASK_RETRIES + 1]
+    assert storage.latest_uri(manifest.collection_uri(configured.store_uri)) is None
+    assert raw_objects(s3_server, bucket) == photos
+
+
 def test_s3_down_during_ingest_retries_fails_in_one_line_and_recovers(
     prefect_harness, configured, proxy, photos, bucket, s3_server
 ):
@@ -126,11 +147,8 @@ def test_s3_down_during_ingest_retries_fails_in_one_line_and_recovers(
     failed = refresh()
 
     # The ingest task retried, then the flow run failed with one line naming the endpoint.
-    assert failed.is_failed()
+    assert_one_clear_line(failed, proxy.endpoint)
     assert asyncio.run(ingest_attempts(failed.state_details.flow_run_id)) == [TASK_RETRIES + 1]
-    message = failed.message or ""
-    assert "\n" not in message and "Traceback" not in message
-    assert f"cannot reach S3 endpoint {proxy.endpoint}" in message, message
     # What the first attempt fetched before the outage is published, and nothing downstream
     # ran on it; the raw photos are untouched.
     kept = manifest.read(storage.latest_uri(collection))
