@@ -100,7 +100,7 @@ def train_stage(
         idempotency_key=f"{flow_run.get_id()}-train",
     )
     # An earlier attempt's run (same idempotency key) trains into the folder it was given.
-    return pool_training_result_task(run, run.parameters.get("out_dir", out_dir))
+    return pool_training_result_task(str(run.id), run.parameters.get("out_dir", out_dir))
 
 
 if __name__ == "__main__":

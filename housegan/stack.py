@@ -28,7 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from housegan.prefect_api import PrefectApiError
+from housegan.prefect_api import call as call_api
 
 Db = Literal["sqlite", "postgres"]
 
@@ -554,16 +557,6 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def prefect_api(api_url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """One call to the Prefect REST API: POST ``body`` (JSON) when given, else GET."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        f"{api_url}{path}", data=data, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
-
-
 def _run_prefect_cli(args: list[str], *, env: Mapping[str, str], cwd: Path, log: Path) -> None:
     """A ``prefect`` command to completion, its output appended to ``log``."""
     with open(log, "ab") as out:
@@ -588,10 +581,10 @@ def ensure_pools(
     """Create the missing process work pools (the CLI fills in the process job template)."""
     for pool in pools:
         try:
-            prefect_api(api_url, f"/work_pools/{pool}")
+            call_api(api_url, f"/work_pools/{pool}")
             continue
-        except urllib.error.HTTPError as error:
-            if error.code != 404:
+        except PrefectApiError as error:
+            if error.status != 404:
                 raise
         _run_prefect_cli(
             ["work-pool", "create", pool, "--type", "process"],
@@ -632,8 +625,8 @@ def start_worker(
 
     def registered() -> bool:
         try:
-            workers = prefect_api(api_url, f"/work_pools/{pool}/workers/filter", {})
-        except OSError:
+            workers = call_api(api_url, f"/work_pools/{pool}/workers/filter", {})
+        except (OSError, PrefectApiError):  # not up yet, or not answering yet
             return False
         return any(
             w["name"] == name
@@ -666,11 +659,11 @@ class PoolView:
 
 def prefect_overview(api_url: str) -> list[PoolView]:
     """Work pools, their workers and deployments, from the Prefect server's REST API."""
-    pools = prefect_api(api_url, "/work_pools/filter", {})
-    deployments = prefect_api(api_url, "/deployments/filter", {})
+    pools = call_api(api_url, "/work_pools/filter", {})
+    deployments = call_api(api_url, "/deployments/filter", {})
     views = []
     for pool in sorted(pools, key=lambda p: p["name"]):
-        workers = prefect_api(api_url, f"/work_pools/{pool['name']}/workers/filter", {})
+        workers = call_api(api_url, f"/work_pools/{pool['name']}/workers/filter", {})
         names = sorted(d["name"] for d in deployments if d.get("work_pool_name") == pool["name"])
         views.append(
             PoolView(

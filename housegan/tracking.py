@@ -896,3 +896,25 @@ def log_dict_to_run(
 ) -> None:
     """``log_dict`` for a run that is not the active one (a refresh's parent)."""
     MlflowClient(tracking_uri).log_dict(run_id, dict(data), artifact_file)
+
+
+def find_run_by_tag(
+    experiment: str, key: str, value: str, tracking_uri: str | None = None
+) -> str | None:
+    """The newest run of ``experiment`` whose tag ``key`` is ``value``, or None."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{key}` = '{value}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def load_dict_artifact(run_id: str, artifact_file: str, tracking_uri: str) -> dict[str, Any]:
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")

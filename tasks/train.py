@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any, Literal
+from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import FlowRun
 from prefect.context import TaskRunContext
 
 from housegan.config import get_settings
@@ -186,16 +186,20 @@ def warm_start_task(dataset: PreparedDataset) -> str | None:
 
 
 @task(name="pool-training-result", cache_policy=NO_CACHE)
-def pool_training_result_task(flow_run: FlowRun, out_dir: str) -> Trained:
+def pool_training_result_task(run_id: str, out_dir: str) -> Trained:
     """The record of a training run on the pool, once it COMPLETED; a run that failed, crashed
     or is still going after the timeout fails this task with one line saying which."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(UUID(run_id))
     state = flow_run.state
     if state is not None and state.is_completed():
         trained = steps.read_trained(out_dir, get_settings().storage_options())
         task_logger(__name__).info("trained on the pool: %s", trained)
         return trained
     if state is None or not state.is_final():
-        _cancel(flow_run)
+        _cancel(flow_run.id)
         minutes = get_settings().orchestration.train_timeout_minutes
         raise TimeoutError(
             f"train run {flow_run.name} did not finish within {minutes:g} minutes "
@@ -204,9 +208,9 @@ def pool_training_result_task(flow_run: FlowRun, out_dir: str) -> Trained:
     raise RuntimeError(f"train run {flow_run.name} ended {state.name}: {state.message}")
 
 
-def _cancel(flow_run: FlowRun) -> None:
+def _cancel(run_id: UUID) -> None:
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling
 
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        client.set_flow_run_state(run_id, Cancelling(), force=True)

@@ -14,6 +14,7 @@ import pytest
 
 from housegan import stack
 from housegan.config import Settings, get_settings
+from housegan.prefect_api import call as call_api
 
 REGION = "us-east-1"
 
@@ -231,8 +232,8 @@ def _tiny_stack_settings(endpoints: dict[str, str], tiny_gan: dict[str, str]) ->
 
 def _pause_deployment(api_url: str, name: str) -> None:
     body = {"deployments": {"name": {"any_": [name]}}}
-    for deployment in stack.prefect_api(api_url, "/deployments/filter", body):
-        stack.prefect_api(api_url, f"/deployments/{deployment['id']}/pause_deployment", {})
+    for deployment in call_api(api_url, "/deployments/filter", body):
+        call_api(api_url, f"/deployments/{deployment['id']}/pause_deployment", {})
 
 
 def _down_and_check(root: Path) -> None:

@@ -116,3 +116,14 @@ def close_refresh(
     tracking.log_dict_to_run(outcome.parent_run_id, to_json(outcome), REFRESH_SUMMARY, tracking_uri)
     tracking.end_refresh_run(outcome.parent_run_id, totals(outcome), status, tracking_uri, tags)
     return outcome
+
+
+def read_outcome(flow_run_id: str, tracking_uri: str, experiment: str) -> RefreshOutcome:
+    """What the refresh run ``flow_run_id`` (perhaps on another machine) recorded at its end."""
+    from housegan.steps import from_json
+
+    run_id = tracking.find_run_by_tag(experiment, FLOW_RUN_TAG, flow_run_id, tracking_uri)
+    if run_id is None:
+        raise LookupError(f"no refresh run in MLflow experiment {experiment!r} for {flow_run_id}")
+    data = tracking.load_dict_artifact(run_id, REFRESH_SUMMARY, tracking_uri)
+    return from_json(RefreshOutcome, data)
