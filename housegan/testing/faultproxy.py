@@ -106,7 +106,7 @@ class _Connection:
 
 
 class FaultProxy:
-    """A threaded TCP proxy with per-request latency and armed stall/cut faults."""
+    """A threaded TCP proxy with per-request latency, armed stall/cut faults and outages."""
 
     def __init__(self, upstream: str, *, latency_s: float = 0.0, host: str = "127.0.0.1") -> None:
         parts = urlsplit(upstream if "://" in upstream else f"http://{upstream}")

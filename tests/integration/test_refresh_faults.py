@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import pytest
@@ -16,6 +16,9 @@ from housegan import curate, manifest, storage
 from housegan.config import Settings, get_settings
 from housegan.testing import photo_bytes
 from housegan.testing.faultproxy import FaultProxy
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import State
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +37,8 @@ def proxy(s3_server) -> Iterator[FaultProxy]:
 @pytest.fixture
 def photos(s3_server, bucket) -> dict[str, bytes]:
     """Raw listing photos (key under ``raw/`` -> bytes), written straight to S3."""
-    bodies = {
-        f"{city}/{i}/p.jpg": photo_bytes(seed=n)
-        for n, (city, i) in enumerate((c, i) for c in CITIES for i in range(PER_CITY))
-    }
+    keys = [f"{city}/{i}/p.jpg" for city in CITIES for i in range(PER_CITY)]
+    bodies = {key: photo_bytes(seed=seed) for seed, key in enumerate(keys)}
     client = s3_server.client()
     for key, body in bodies.items():
         client.put_object(Bucket=bucket, Key=f"raw/{key}", Body=body)
@@ -95,6 +96,7 @@ async def ingest_attempts(flow_run_id: UUID) -> list[int]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
+        FlowRunFilterId,
         FlowRunFilterParentFlowRunId,
     )
 
@@ -105,19 +107,19 @@ async def ingest_attempts(flow_run_id: UUID) -> list[int]:
             )
         )
         runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id={"any_": [run.id for run in children]})
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id for run in children]))
         )
     return [run.run_count for run in runs if run.name.startswith("ingest-")]  # "ingest-685"
 
 
-def refresh(**parameters: Any):
+def refresh(**parameters: Any) -> State:
     """``full_refresh`` without training; its final state (failed or not)."""
     from flows.refresh import full_refresh
 
     return full_refresh(train=False, return_state=True, **parameters)
 
 
-def assert_one_clear_line(state, endpoint: str) -> None:
+def assert_one_clear_line(state: State, endpoint: str) -> None:
     """The failed run's message: one line naming the endpoint it could not reach."""
     assert state.is_failed()
     message = state.message or ""
