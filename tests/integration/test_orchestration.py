@@ -14,11 +14,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 @pytest.fixture
 def on_stack(deployed_stack, monkeypatch):
-    """This process talks to the deployed stack, with the workers' settings."""
+    """This process talks to the deployed stack, with the workers' settings (Prefect's own
+    setting too: a test server started earlier in the session would otherwise win)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     for name, value in deployed_stack.env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    yield deployed_stack
+    with temporary_settings({PREFECT_API_URL: deployed_stack.prefect_api_url}):
+        yield deployed_stack
     get_settings.cache_clear()
 
 
@@ -56,15 +60,94 @@ def test_run_on_full_refresh_trains_on_the_gpu_pool_and_nests_every_stage_run(on
     evaluation = MlflowClient(uri).get_run(refreshed["evaluate"].run_id)
     assert evaluation.data.tags["mlflow.parentRunId"] == trained.run_id
 
-    # Run on retrain with its defaults (what its trigger does): a warm start from the champion.
-    champion = tracking.alias_version("housegan-cgan", "champion", uri)
-    again = api.create_flow_run("full-refresh/retrain", {})
-    done = api.follow(again.id, timeout_s=900)
+
+def test_photos_landing_make_the_automation_start_a_warm_started_retrain(on_stack):
+    """After the refresh above: 20+ photos land, the watcher runs once, the server's automation
+    creates one retrain run (delayed by the trigger's schedule_after, started now here) that
+    completes on the workers, starting from the champion's weights."""
+    from flows.watch import watch_source
+    from housegan import tracking
+    from housegan.prefect_api import PrefectApi
+
+    settings = get_settings()
+    landed = land_new_listings(settings, cities=2, per_city=8, seed=11)
+    assert landed >= settings.watch.min_new_photos
+    champion = tracking.alias_version("housegan-cgan", "champion", on_stack.mlflow_uri)
+
+    watched = watch_source()
+    assert watched.pending == landed and watched.event_id is not None
+    api = PrefectApi(on_stack.prefect_api_url)
+    runs = wait_for(lambda: api.flow_runs_of("full-refresh/retrain"), timeout_s=60)
+    assert len(runs) == 1 and runs[0].state == "SCHEDULED"  # the trigger's delay
+    start_now(on_stack.prefect_api_url, runs[0].id)
+    done = api.follow(runs[0].id, timeout_s=900)
+
     assert done.state == "COMPLETED", done.message
-    retrain = {run.flow_name: run for run in api.subflow_runs(done.id)}["train"]
-    started_from = retrain.parameters["warm_start_from"]
-    if champion is not None:
+    assert done.parameters["source_uri"] == settings.source_uri and done.parameters["warm_start"]
+    stages = {run.flow_name: run for run in api.subflow_runs(done.id)}
+    assert stages["train"].work_pool == "gpu"
+    started_from = stages["train"].parameters["warm_start_from"]
+    if champion is not None:  # the first model passed the gate: the retrain continues it
         assert started_from and "/checkpoints/" in started_from
-        assert retrain.parameters["kimg"] == get_settings().gan.warm_start_kimg
-    else:  # the gate refused the first model: nothing to start from
+        assert stages["train"].parameters["kimg"] == settings.gan.warm_start_kimg
+    else:
         assert started_from is None
+    assert not watch_source().event_id  # the retrain ingested them: nothing pending now
+
+
+def land_new_listings(settings, *, cities: int, per_city: int, seed: int) -> int:
+    """New synthetic listings (ids of their own, no defects) copied into the source with boto3,
+    as a listing site's uploads arrive; returns how many photos landed."""
+    import boto3
+
+    from housegan import synth
+
+    staging = "s3://listings/staging"
+    synth.synthesize(
+        staging,
+        cities=cities,
+        per_city=per_city,
+        seed=seed,
+        defects=False,
+        storage_options=settings.storage_options(),
+    )
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    source_bucket, source_prefix = settings.source_uri.removeprefix("s3://").split("/", 1)
+    keys = [
+        item["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket="listings", Prefix="staging/"
+        )
+        for item in page.get("Contents", [])
+    ]
+    for key in keys:
+        city, listing, name = key.removeprefix("staging/").split("/")
+        s3.copy_object(
+            Bucket=source_bucket,
+            Key=f"{source_prefix}/{city}/new-{listing}/{name}",
+            CopySource={"Bucket": "listings", "Key": key},
+        )
+    return len(keys)
+
+
+def wait_for(predicate, timeout_s: float, poll_s: float = 1.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (found := predicate()) and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return found
+
+
+def start_now(api_url: str, run_id: str) -> None:
+    """Move a scheduled run's start to now (the trigger delays retrains by minutes)."""
+    from datetime import UTC, datetime
+
+    from housegan.prefect_api import call
+
+    state = {
+        "type": "SCHEDULED",
+        "name": "Scheduled",
+        "state_details": {"scheduled_time": datetime.now(UTC).isoformat()},
+    }
+    call(api_url, f"/flow_runs/{run_id}/set_state", {"state": state, "force": True})
