@@ -182,18 +182,18 @@ def log_history(model: TinyModel) -> TinyModel:
 
     uri, experiment = model.tracking_uri, model.experiment
     funnel = {stage: 1443 - 90 * i for i, stage in enumerate(STAGES)}
-    with tracking.start_run(uri, experiment, "curate", tags={"housegan.stage": "curate"}):
+    with tracking.start_run(uri, experiment, "curate", tags={tracking.STAGE_TAG: "curate"}):
         tracking.log_metrics({f"funnel.{stage}": count for stage, count in funnel.items()})
         rows = [{"city": "ALL", "image_type": "ALL", **funnel}]
         tracking.log_table(pd.DataFrame(rows), "funnel.json")
-    tags = {"stage": "train", "dataset_id": model.dataset_id}
+    tags = {tracking.STAGE_TAG: "train", "dataset_id": model.dataset_id}
     with tracking.start_run(uri, experiment, f"cgan-{model.dataset_id}-r32", tags=tags) as run:
         tracking.log_metrics({"loss/g": 1.1, "loss/d": 1.9, "progress/kimg": 0.032})
         info = tracking.log_generator_model(str(model.out_dir), MODEL_NAME)
     version = str(info.registered_model_version)
     evaluations = {model.run_id: (0.0, 40.0, 0.03), run.info.run_id: (0.0, 31.5, 0.02)}
     for parent, (copy_rate, fd, kid) in evaluations.items():
-        nested = {"mlflow.parentRunId": parent, "stage": "evaluate"}
+        nested = {"mlflow.parentRunId": parent, tracking.STAGE_TAG: "evaluate"}
         with tracking.start_run(uri, experiment, "evaluate", tags=nested):
             tracking.log_metrics(
                 {"copy_rate": copy_rate, "copy_threshold": 0.97, "fd": fd, "kid": kid}
