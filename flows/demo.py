@@ -90,15 +90,7 @@ def refresh_through_api(
         return final, {}
     settings = get_settings()
     outcome = read_outcome(final.id, settings.mlflow_tracking_uri, settings.mlflow_experiment)
-    return final, {
-        "ingest": outcome.ingest,
-        "curate": outcome.curate,
-        "train": outcome.train,
-        "evaluate": outcome.evaluate,
-        "promote": outcome.promote,
-        "mlflow_run_id": outcome.parent_run_id,
-        "flow_run": final,
-    }
+    return final, {**outcome.by_stage(), "flow_run": final}
 
 
 def print_summary(result: dict[str, Any]) -> None:

@@ -79,14 +79,7 @@ def full_refresh(
         close_refresh_task(_failed(outcome, error))
         raise
     close_refresh_task(outcome)
-    return {
-        "ingest": outcome.ingest,
-        "curate": outcome.curate,
-        "train": outcome.train,
-        "evaluate": outcome.evaluate,
-        "promote": outcome.promote,
-        "mlflow_run_id": outcome.parent_run_id,
-    }
+    return outcome.by_stage()
 
 
 def _stages(

@@ -75,6 +75,24 @@ _AWS_VARS = (
 )
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server, for the AWS APIs SeaweedFS does not have (EC2, IAM, SQS, S3 events), on
+    a free loopback port."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = stack.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
     """A fresh, empty bucket for one test."""

@@ -53,6 +53,13 @@ class RefreshOutcome:
     promote: Promoted | None = None
     error: str | None = None  # why the refresh failed, in one line
 
+    def by_stage(self) -> dict[str, Any]:
+        """Each stage's result by name, and the parent run's id (what the flow returns)."""
+        stages = ("ingest", "curate", "train", "evaluate", "promote")
+        return {name: getattr(self, name) for name in stages} | {
+            "mlflow_run_id": self.parent_run_id
+        }
+
 
 @step("mlflow_tracking_uri", "mlflow_experiment")
 def open_refresh(

@@ -37,6 +37,18 @@ TINY_GAN = {
 }
 
 
+# GanSettings fields of a GAN that trains a step in milliseconds on one CPU thread.
+TINY_SETTINGS: dict[str, Any] = {
+    "image_size": 32,
+    "batch_size": 8,
+    "width": 4,
+    "z_dim": 16,
+    "embed_dim": 8,
+    "device": "cpu",
+    "cpu_threads": 1,
+}
+
+
 # The smallest GAN that learns these classes on a CPU in ~20 s (320 steps at 32 px).
 LEARNING_GAN: dict[str, Any] = {
     "image_size": 32,

@@ -6,14 +6,12 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import logging
 import os
 import socket
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -184,20 +182,6 @@ def test_idle_check_keeps_a_busy_machine_running_and_records_it(tmp_path: Path) 
 
 
 # ------------------------------------------------------------------------------ moto's EC2
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Fake credentials in the environment (moto's), an instance profile and an AMI."""

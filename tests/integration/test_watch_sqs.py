@@ -5,10 +5,8 @@ does on AWS."""
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +15,6 @@ import pytest
 
 from housegan import notifications
 from housegan.config import WatchSettings, get_settings
-from housegan.stack import free_port
 from housegan.testing import photo_bytes
 
 REGION = "us-east-1"
@@ -70,20 +67,6 @@ class Queue:
 
 def aws_client(endpoint: str, service: str) -> Any:
     return boto3.client(service, endpoint_url=endpoint, region_name=REGION)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

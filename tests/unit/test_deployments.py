@@ -61,4 +61,3 @@ def test_retrain_trigger_debounces_a_burst_into_one_run():
 def _watch_interval_s(spec: dict) -> float:
     (watch,) = [d for d in spec["deployments"] if d["name"] == "watch-source"]
     return float(watch["schedules"][0]["interval"])
-    assert by_name["watch-source"]["schedules"][0]["interval"] > 0

@@ -16,17 +16,9 @@ from housegan.gan import checkpoint, ddp, serving
 from housegan.gan.augment import DiffAugment, cutout, translation
 from housegan.gan.train import IndexSampler, TrainingDiverged, train
 from housegan.testing.faults import NanLossOnce
-from housegan.testing.gan import prepared_dataset
+from housegan.testing.gan import TINY_SETTINGS, prepared_dataset
 
-TINY = {
-    "image_size": 32,
-    "batch_size": 8,
-    "width": 4,
-    "z_dim": 16,
-    "embed_dim": 8,
-    "device": "cpu",
-    "cpu_threads": 1,
-}
+TINY = TINY_SETTINGS
 
 
 class ListReporter:

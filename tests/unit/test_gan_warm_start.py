@@ -12,17 +12,9 @@ from housegan.config import GanSettings
 from housegan.gan import checkpoint
 from housegan.gan.data import prepare
 from housegan.gan.train import Trainer, train
-from housegan.testing.gan import prepared_dataset, write_photos
+from housegan.testing.gan import TINY_SETTINGS, prepared_dataset, write_photos
 
-TINY = {
-    "image_size": 32,
-    "batch_size": 8,
-    "width": 4,
-    "z_dim": 16,
-    "embed_dim": 8,
-    "device": "cpu",
-    "cpu_threads": 1,
-}
+TINY = TINY_SETTINGS
 
 
 @pytest.fixture(scope="module")
