@@ -22,7 +22,7 @@ from prefect import flow
 from flows.refresh import full_refresh
 from housegan import tracking
 from housegan.config import get_settings
-from housegan.prefect_api import PrefectApi, RunState
+from housegan.prefect_api import PrefectApi, Progress, RunState
 from housegan.steps import to_json
 from housegan.steps.evaluate import PAIRS_DIR
 from housegan.steps.refresh import read_outcome
@@ -85,7 +85,15 @@ def refresh_through_api(
         elapsed = time.monotonic() - started
         print(f"  {elapsed:6.0f}s  {item.flow_name or '?':<14} {item.state:<10}{pool}", flush=True)
 
-    final = api.follow(run.id, timeout_s, on_change=show)
+    def moved(item: RunState, progress: Progress) -> None:
+        elapsed = time.monotonic() - started
+        what = progress.description or progress.key
+        print(
+            f"  {elapsed:6.0f}s  {item.flow_name or '?':<14} {progress.percent:3.0f}% {what}",
+            flush=True,
+        )
+
+    final = api.follow(run.id, timeout_s, on_change=show, on_progress=moved)
     if final.state != "COMPLETED":
         return final, {}
     settings = get_settings()

@@ -62,6 +62,16 @@ class RunState:
         return self.state in FINAL_STATES
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A progress artifact of a run: ``key`` (e.g. ``train-progress``) at ``percent``."""
+
+    run_id: str
+    key: str
+    percent: float
+    description: str | None
+
+
 class PrefectApi:
     """A client of one Prefect server; ``api_url`` ends in ``/api`` (PREFECT_API_URL)."""
 
@@ -102,23 +112,52 @@ class PrefectApi:
         }
         return [self._state(raw) for raw in self._json("/flow_runs/filter", body)]
 
+    def progress(self, run_ids: list[str]) -> list[Progress]:
+        """The progress artifacts of these runs (training kimg, images packed, ...)."""
+        if not run_ids:
+            return []
+        body = {
+            "artifacts": {"flow_run_id": {"any_": run_ids}, "type": {"any_": ["progress"]}},
+        }
+        return [
+            Progress(
+                run_id=str(raw["flow_run_id"]),
+                key=raw.get("key") or "",
+                percent=float(raw["data"] or 0.0),
+                description=raw.get("description"),
+            )
+            for raw in self._json("/artifacts/filter", body)
+        ]
+
     def follow(
         self,
         run_id: str,
         timeout_s: float,
         on_change: Callable[[RunState], None] | None = None,
         poll_s: float = 2.0,
+        on_progress: Callable[[RunState, Progress], None] | None = None,
+        progress_step: float = 10.0,
     ) -> RunState:
         """Poll the run and its subflow runs until the run is final; ``on_change`` sees each
-        run whenever its state changes. Raises TimeoutError after ``timeout_s``."""
+        run whenever its state changes, ``on_progress`` each progress artifact of a running one
+        whenever it has moved by ``progress_step`` points. Raises TimeoutError after
+        ``timeout_s``."""
         seen: dict[str, str] = {}
+        shown: dict[tuple[str, str], float] = {}
         deadline = time.monotonic() + timeout_s
         while True:
             run = self.flow_run(run_id)
-            for item in (run, *self.subflow_runs(run_id)):
+            runs = {item.id: item for item in (run, *self.subflow_runs(run_id))}
+            for item in runs.values():
                 if seen.get(item.id) != item.state and on_change is not None:
                     on_change(item)
                 seen[item.id] = item.state
+            running = [item.id for item in runs.values() if item.state == "RUNNING"]
+            for moved in self.progress(running) if on_progress else []:
+                mark = (moved.run_id, moved.key)
+                if moved.percent - shown.get(mark, 0.0) >= progress_step:
+                    shown[mark] = moved.percent
+                    on_progress(runs[moved.run_id], moved)
             if run.final:
                 return run
             if time.monotonic() > deadline:
