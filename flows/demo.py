@@ -188,6 +188,8 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # The demo prints its own progress; MLflow's download bars would only interleave with it.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     api_url = os.environ.get("PREFECT_API_URL")
     if args.in_process or not api_url:
         result = demo_flow(

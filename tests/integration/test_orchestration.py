@@ -46,6 +46,8 @@ def test_run_on_full_refresh_trains_on_the_gpu_pool_and_nests_every_stage_run(on
     assert stages["train"].work_pool == "gpu" and stages["train"].state == "COMPLETED"
     assert stages["train"].parameters["parent_run_id"] == refreshed["mlflow_run_id"]
     assert stages["ingest"].work_pool is None  # the other stages ran inside the refresh
+    progress = {item.key: item.percent for item in api.progress([stages["train"].id])}
+    assert progress["train-progress"] == 100.0  # what the demo shows while it follows
 
     uri = on_stack.mlflow_uri
     trained = refreshed["train"]
