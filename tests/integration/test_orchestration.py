@@ -5,6 +5,8 @@ the retrain deployment warm-starts from the champion; MLflow holds one parent ru
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from housegan.config import get_settings
@@ -31,7 +33,14 @@ def test_run_on_full_refresh_trains_on_the_gpu_pool_and_nests_every_stage_run(on
 
     from flows.demo import demo_data_flow, refresh_through_api
     from housegan import tracking
-    from housegan.prefect_api import PrefectApi
+    from housegan.prefect_api import PrefectApi, call
+
+    # The Run form: typed, described parameters (from the flow's signature and docstring).
+    deployment = call(on_stack.prefect_api_url, "/deployments/name/full-refresh/full-refresh")
+    form = deployment["parameter_openapi_schema"]["properties"]
+    assert {"source_uri", "cities", "image_size", "kimg", "max_minutes", "promote"} <= set(form)
+    assert all(field.get("description") for field in form.values())
+    assert "array" in json.dumps(form["cities"]) and form["promote"]["type"] == "boolean"
 
     data = demo_data_flow(cities=2, per_city=12, seed=3, labels_per_type=3)
     parameters = {"labels_uri": data["labels"]["labels_uri"], "promote": True}

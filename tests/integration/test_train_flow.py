@@ -70,3 +70,30 @@ def test_prepare_task_returns_only_ids_uris_and_counts(
     assert from_json(PreparedDataset, json.loads(json.dumps(to_json(dataset)))) == dataset
     assert dataset.n == 8 and dataset.cities == ["austin", "boston"]
     assert storage.exists(storage.join(dataset.uri, "data.safetensors"))
+
+
+@pytest.mark.integration
+def test_without_a_train_deployment_the_refresh_trains_in_process_and_says_why(
+    prefect_harness: None, configured: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    """The harness server holds no `train` deployment: `auto` falls back (logged), `gpu-pool`
+    refuses, `in-process` does not ask."""
+    from prefect import flow
+
+    from tasks.train import train_placement_task
+
+    @flow
+    def place() -> str:
+        return train_placement_task()
+
+    assert place() == "in-process"
+    logged = capfd.readouterr().err  # the run logger's console handler
+    assert "no deployment 'train/train'" in logged
+    assert "training in-process on this worker instead" in logged
+    monkeypatch.setenv("HOUSEGAN_ORCHESTRATION__TRAIN_ON", "gpu-pool")
+    get_settings.cache_clear()
+    with pytest.raises(RuntimeError, match="train_on='gpu-pool' but no deployment"):
+        place()
+    monkeypatch.setenv("HOUSEGAN_ORCHESTRATION__TRAIN_ON", "in-process")
+    get_settings.cache_clear()
+    assert place() == "in-process"
