@@ -18,6 +18,7 @@ from housegan.steps import to_json
 from housegan.steps.curate import ClusterInput, CurateResult, FilterInput, TypesInput
 from tasks.curate import (
     cluster_task,
+    configured,
     filter_task,
     finetune_task,
     quality_task,
@@ -37,14 +38,17 @@ def curate_flow(
 ) -> CurateResult:
     """Curate an image manifest (default: the store's latest); the result names the curated
     manifest, the funnel and the MLflow run (nested under ``parent_run_id`` when given)."""
-    source = resolve_task(manifest_uri, store_uri or get_settings().store_uri, labels_uri)
-    scoring = quality_task.submit(source.photos)  # reads photos while embedding computes
-    tuned = run_fresh(finetune_task, source)  # None: the configured VGG16 embeds
+    store = store_uri or get_settings().store_uri
+    source = configured(resolve_task)(manifest_uri, store, labels_uri)
+    scoring = configured(quality_task).submit(source.photos)  # reads while embedding computes
+    tuned = run_fresh(configured(finetune_task), source)  # None: the configured VGG16 embeds
     embedded = run_embed_stage(source.embedding(tuned))
     scored = scoring.result()
-    clusters = run_fresh(cluster_task, ClusterInput.after(source, embedded))
-    types = run_fresh(types_task, TypesInput.after(source, clusters))
-    filtered = run_fresh(filter_task, FilterInput.after(source, clusters, types, scored))
+    clusters = run_fresh(configured(cluster_task), ClusterInput.after(source, embedded))
+    types = run_fresh(configured(types_task), TypesInput.after(source, clusters))
+    filtered = run_fresh(
+        configured(filter_task), FilterInput.after(source, clusters, types, scored)
+    )
     curated = CurateResult(source, tuned, embedded, scored, clusters, types, filtered)
     return log_task(publish_task(curated), parent_run_id)
 

@@ -11,14 +11,20 @@ from prefect import flow
 
 from housegan.embed import EmbedResult
 from housegan.steps.embed import EmbedInput, PublishInput, ShardInput
-from tasks.embed import embed_task_runner, map_embed_shards, plan_task, publish_task
+from tasks.embed import (
+    configured,
+    embed_task_runner,
+    map_embed_shards,
+    plan_task,
+    publish_task,
+)
 
 
 @flow(name="embed")
 def embed_subflow(inputs: EmbedInput) -> EmbedResult:
-    planned = plan_task(inputs)
+    planned = configured(plan_task)(inputs)
     part_uris = map_embed_shards(ShardInput.all_of(inputs, planned))
-    return publish_task(PublishInput.after(inputs, planned, part_uris))
+    return configured(publish_task)(PublishInput.after(inputs, planned, part_uris))
 
 
 def run_embed_stage(inputs: EmbedInput) -> EmbedResult:

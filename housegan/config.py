@@ -107,6 +107,9 @@ class EmbedSettings(BaseModel):
     device: DeviceSpec = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
     shard_size: int = Field(256, ge=1, description="photos per Parquet part / mapped task")
     dask_workers: int = Field(0, ge=0, description="map shards on a local Dask cluster if > 0")
+    task_retry_delay_s: float = Field(
+        10.0, ge=0, description="wait before a Prefect retry of an embed task (plan, shard, ...)"
+    )
 
 
 class ClusterSettings(BaseModel):
@@ -216,6 +219,9 @@ class CurateSettings(BaseModel):
     finetune_batch_size: int = Field(32, ge=1)
     finetune_holdout: float = Field(0.2, ge=0, lt=1, description="labels held out to score it")
     finetune_seed: int = 0
+    task_retry_delay_s: float = Field(
+        10.0, ge=0, description="wait before a Prefect retry of a curate task (quality, cluster...)"
+    )
 
 
 class GanSettings(BaseModel):

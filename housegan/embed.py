@@ -269,6 +269,7 @@ class _Decoded:
     pixels: torch.Tensor | None
     status: EmbedStatus
     error: str | None = None
+    outage: storage.StoreUnreachable | None = None  # set: the store, not the photo, failed
 
 
 class _ShardPhotos(Dataset):
@@ -287,7 +288,10 @@ class _ShardPhotos(Dataset):
     def __getitem__(self, index: int) -> _Decoded:
         uri, sha256 = self.shard.uris[index], self.shard.sha256s[index]
         try:
-            data = storage.read_bytes(uri, self.storage_options)
+            data = storage.read_reachable(uri, self.storage_options)
+        except storage.StoreUnreachable as exc:
+            # Carried, not raised: a DataLoader worker would re-raise it as a traceback text.
+            return _Decoded(index, None, EmbedStatus.UNREADABLE, str(exc), outage=exc)
         except Exception as exc:
             return _Decoded(index, None, EmbedStatus.UNREADABLE, f"{uri}: {_describe(exc)}")
         if hashlib.sha256(data).hexdigest() != sha256:
@@ -356,6 +360,7 @@ def _embed_photos(
     failures: list[_Decoded] = []
     dataset = _ShardPhotos(shard, cfg.input_size, storage_options)
     for indices, pixels, failed in _loader(dataset, cfg, device):
+        _raise_outage(failed)
         if pixels is not None:
             batch_vectors = embed_batch(model, to_model_input(pixels, device), cfg.bf16)
             for index, vector in zip(indices, batch_vectors, strict=True):
@@ -364,6 +369,14 @@ def _embed_photos(
         if progress is not None:
             progress(len(indices) + len(failed))
     return vectors, failures
+
+
+def _raise_outage(failed: list[_Decoded]) -> None:
+    """Stop the shard at the first photo the store did not serve: recording it as unreadable
+    would blame the photo, and every other read would wait out the same outage."""
+    for item in failed:
+        if item.outage is not None:
+            raise item.outage
 
 
 def _part_table(
@@ -420,6 +433,7 @@ def embed_shard(
     """Embed one shard and write it as one immutable Parquet part (unpublished); its URI.
 
     A photo that cannot be read or decoded gets a row with its status and reason, no vector.
+    An unreachable store raises ``storage.StoreUnreachable`` and writes nothing.
     """
     tag = model_tag(cfg, storage_options)
     torch_device = resolve_device(device)

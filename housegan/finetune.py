@@ -101,7 +101,9 @@ def _pool5_features(
 
     def load(uri: str) -> torch.Tensor | None:
         try:
-            return embed.load_photo(storage.read_bytes(uri, storage_options), cfg.input_size)
+            return embed.load_photo(storage.read_reachable(uri, storage_options), cfg.input_size)
+        except storage.StoreUnreachable:
+            raise  # an outage would silently train on whatever photos it let through
         except Exception:  # one unreadable photo does not stop fine-tuning
             return None
 

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from http.client import IncompleteRead
 from typing import Any
 
 import fsspec
@@ -44,11 +43,10 @@ from housegan import manifest, storage
 from housegan.config import ImageLimits, IngestSettings
 from housegan.images import inspect_image
 from housegan.manifest import IMAGE_MANIFEST_SCHEMA, Status
+from housegan.storage import SizeMismatch, is_transient, one_line
 
 Progress = Callable[[int, int], None]  # (objects done, objects to fetch)
 Reader = Callable[["SourceObject"], bytes]
-
-_THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"}
 
 
 class IngestError(RuntimeError):
@@ -61,10 +59,6 @@ class IngestError(RuntimeError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-class SizeMismatch(OSError):
-    """Fewer (or more) bytes arrived than the listing announced: a cut connection."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +185,7 @@ def list_source(
     try:
         entries = fs.find(root, detail=True)
     except Exception as exc:
-        raise IngestError(f"listing {source_uri} failed: {_one_line(exc)}", transient=True) from exc
+        raise IngestError(f"listing {source_uri} failed: {one_line(exc)}", transient=True) from exc
     objects = []
     for path, info in entries.items():
         key = path[len(root) + 1 :] if path.startswith(root + "/") else path
@@ -287,23 +281,17 @@ def _check_source(
         raise IngestError(f"bucket {bucket!r} does not exist at {endpoint}") from exc
     except PermissionError as exc:
         raise IngestError(
-            f"access to s3://{bucket} refused by {endpoint} ({_one_line(exc)}): check credentials"
+            f"access to s3://{bucket} refused by {endpoint} ({one_line(exc)}): check credentials"
         ) from exc
     except Exception as exc:
         if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
             raise IngestError(f"no AWS credentials found for {endpoint}") from exc
         if is_transient(exc):
-            raise IngestError(
-                f"cannot reach S3 endpoint {endpoint} ({_one_line(exc)})", transient=True
-            ) from exc
+            outage = storage.StoreUnreachable(endpoint, one_line(exc))  # the shared wording
+            raise IngestError(str(outage), transient=True) from exc
         raise IngestError(
-            f"cannot list s3://{bucket}/{prefix} at {endpoint}: {_one_line(exc)}"
+            f"cannot list s3://{bucket}/{prefix} at {endpoint}: {one_line(exc)}"
         ) from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
 
 
 # ---- planning ------------------------------------------------------------------------------
@@ -376,7 +364,7 @@ def fetch_all(
             try:
                 rows.append(future.result())
             except Exception as exc:
-                failed[obj.key] = _one_line(exc)
+                failed[obj.key] = one_line(exc)
             if progress is not None:
                 progress(done, len(objects))
     return rows, failed
@@ -507,41 +495,6 @@ def _fetch(read: Reader, obj: SourceObject, cfg: IngestSettings) -> bytes:
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Timeouts, resets, cut bodies, 5xx and throttling: worth another attempt."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, SizeMismatch | TimeoutError | ConnectionError | IncompleteRead):
-            return True
-        name = type(seen).__name__
-        if name in _TRANSIENT_TYPE_NAMES:
-            return True
-        response = getattr(seen, "response", None)
-        if isinstance(response, Mapping):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            if status >= 500 or response.get("Error", {}).get("Code") in _THROTTLING_CODES:
-                return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-# botocore/aiohttp/fsspec transport errors, by name so that file:// sources need none of them.
-_TRANSIENT_TYPE_NAMES = {
-    "ReadTimeoutError",
-    "ConnectTimeoutError",
-    "ConnectionClosedError",
-    "EndpointConnectionError",
-    "HTTPClientError",
-    "ResponseStreamingError",
-    "ProtocolError",
-    "IncompleteReadError",
-    "ClientPayloadError",
-    "ServerDisconnectedError",
-    "ClientConnectionError",
-    "FSTimeoutError",
-}
-
-
 # ---- assembling ----------------------------------------------------------------------------
 
 
@@ -602,6 +555,6 @@ def _survey(
         )
     except Exception as exc:
         raise IngestError(
-            f"cannot read the latest manifest of {collection}: {_one_line(exc)}", transient=True
+            f"cannot read the latest manifest of {collection}: {one_line(exc)}", transient=True
         ) from exc
     return listing, collection, previous_uri, previous

@@ -92,8 +92,9 @@ def quality_scores(
 def load_image(
     uri: str, max_side: int, storage_options: Mapping[str, Any] | None = None
 ) -> Image.Image:
-    """The photo at ``uri`` as ``images.decode_rgb`` sees it, no side longer than ``max_side``."""
-    return images.decode_rgb(storage.read_bytes(uri, storage_options), max_side)
+    """The photo at ``uri`` as ``images.decode_rgb`` sees it, no side longer than ``max_side``;
+    ``storage.StoreUnreachable`` when the store does not answer."""
+    return images.decode_rgb(storage.read_reachable(uri, storage_options), max_side)
 
 
 def score_image(image: Image.Image) -> dict[str, float]:
@@ -222,6 +223,8 @@ def _score_many(
         try:
             image = load_image(uri, cfg.quality_max_side, storage_options)
             return {**score_image(image), **perceptual_hashes(image), "error": None}
+        except storage.StoreUnreachable:
+            raise  # an outage is no verdict on the photo: stored, its error would never be retried
         except Exception as exc:  # a bad photo is recorded, never fatal
             return (
                 {name: np.nan for name in SCORE_COLUMNS}

@@ -19,6 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from http.client import IncompleteRead
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,99 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 POINTER_NAME = "latest"
+ONE_LINE_CHARS = 300  # an error quoted inside another message stays readable
+
+_THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"}
+# botocore/aiohttp/fsspec transport errors, by name so that file:// stores need none of them.
+_TRANSIENT_TYPE_NAMES = {
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "EndpointConnectionError",
+    "HTTPClientError",
+    "ResponseStreamingError",
+    "ProtocolError",
+    "IncompleteReadError",
+    "ClientPayloadError",
+    "ServerDisconnectedError",
+    "ClientConnectionError",
+    "FSTimeoutError",
+}
+
+
+class SizeMismatch(OSError):
+    """Fewer (or more) bytes arrived than the listing announced: a cut connection."""
+
+
+class StoreUnreachable(ConnectionError):
+    """The store's endpoint did not answer (refused, reset, timed out, 5xx, throttled).
+
+    A read that failed this way says nothing about the object, so callers must not record it
+    as a verdict on the object (unreadable photo, failed score); trying again later may help.
+    """
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(f"cannot reach S3 endpoint {endpoint} ({reason})")
+        self.endpoint = endpoint
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[StoreUnreachable], tuple[str, str]]:
+        return type(self), (self.endpoint, self.reason)  # crosses processes and result storage
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line, bounded; its type name when it has none."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:ONE_LINE_CHARS]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Timeouts, resets, refused connections, cut bodies, 5xx and throttling, anywhere in the
+    cause chain: the endpoint's trouble, not the object's, and worth another attempt."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SizeMismatch | TimeoutError | ConnectionError | IncompleteRead):
+            return True
+        if type(seen).__name__ in _TRANSIENT_TYPE_NAMES:
+            return True
+        response = getattr(seen, "response", None)
+        if isinstance(response, Mapping):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500 or response.get("Error", {}).get("Code") in _THROTTLING_CODES:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def endpoint_of(uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """The endpoint serving ``uri``: the S3 client's endpoint URL, or the local folder."""
+    if is_local(uri):
+        return normalize_uri(uri)
+    fs, _ = get_fs(uri, storage_options)
+    return str(fs.s3.meta.endpoint_url)  # builds the client only: no request is sent
+
+
+def unreachable(
+    exc: BaseException, uri: str, storage_options: Mapping[str, Any] | None = None
+) -> StoreUnreachable | None:
+    """``exc`` as a ``StoreUnreachable`` naming the endpoint of ``uri`` when it is transient."""
+    if isinstance(exc, StoreUnreachable):
+        return exc
+    if not is_transient(exc):
+        return None
+    return StoreUnreachable(endpoint_of(uri, storage_options), one_line(exc))
+
+
+def read_reachable(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
+    """``read_bytes``, but an endpoint in trouble raises ``StoreUnreachable``; other errors
+    (a missing object, refused access) pass unchanged, as they concern the object."""
+    try:
+        return read_bytes(uri, storage_options)
+    except Exception as exc:
+        outage = unreachable(exc, uri, storage_options)
+        if outage is None:
+            raise
+        raise outage from exc
 
 
 def normalize_uri(uri: str) -> str:

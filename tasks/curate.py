@@ -7,12 +7,14 @@ publishing and MLflow logging are in ``tasks.curate_publish``.
 
 from __future__ import annotations
 
-from prefect import task
+from typing import ParamSpec, TypeVar
+
+from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from housegan.cluster import ClusterResult
-from housegan.config import get_settings
+from housegan.config import CurateSettings, get_settings
 from housegan.curate import FilterResult
 from housegan.finetune import FinetuneResult
 from housegan.quality import QualityResult
@@ -26,10 +28,26 @@ from housegan.steps.curate import (
     TypesResult,
 )
 from tasks.curate_publish import classifier_markdown
-from tasks.runtime import ProgressArtifact, in_task_run, run_step, step_task, task_logger
+from tasks.runtime import (
+    ProgressArtifact,
+    in_task_run,
+    run_store_step,
+    step_task,
+    task_logger,
+    with_retry_delay,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_DELAY_S = CurateSettings().task_retry_delay_s  # the default; ``configured`` applies the set one
 
 
-@task(name="resolve-curation", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def configured(task: Task[P, R]) -> Task[P, R]:
+    """A curate task with the configured ``curate.task_retry_delay_s``."""
+    return with_retry_delay(task, get_settings().curate.task_retry_delay_s)
+
+
+@task(name="resolve-curation", retries=2, retry_delay_seconds=_DELAY_S, cache_policy=NO_CACHE)
 def resolve_task(
     manifest_uri: str | None, store_uri: str, labels_uri: str | None = None
 ) -> CurateInput:
@@ -38,9 +56,9 @@ def resolve_task(
     return CurateInput.resolve(manifest_uri, store_uri, labels_uri, options)
 
 
-@step_task(steps.finetune_embedder, retries=1, retry_delay_seconds=10)
+@step_task(steps.finetune_embedder, retries=1, retry_delay_seconds=_DELAY_S)
 def finetune_task(inputs: CurateInput) -> FinetuneResult | None:
-    tuned = run_step(steps.finetune_embedder, inputs)
+    tuned = run_store_step(steps.finetune_embedder, inputs)
     if tuned is not None:
         task_logger(__name__).info(
             "fine-tuned VGG16 on %d photos (%s): held-out accuracy %s -> %s",
@@ -52,17 +70,17 @@ def finetune_task(inputs: CurateInput) -> FinetuneResult | None:
     return tuned
 
 
-@step_task(steps.score_quality, retries=2, retry_delay_seconds=10)
+@step_task(steps.score_quality, retries=2, retry_delay_seconds=_DELAY_S)
 def quality_task(inputs: ManifestInput) -> QualityResult:
     progress = ProgressArtifact("quality-progress", "photos scored") if in_task_run() else None
-    scored = run_step(steps.score_quality, inputs, progress=progress)
+    scored = run_store_step(steps.score_quality, inputs, progress=progress)
     task_logger(__name__).info("quality: %d scored, %d reused", scored.computed, scored.reused)
     return scored
 
 
-@step_task(steps.cluster_photos, retries=1, retry_delay_seconds=10)
+@step_task(steps.cluster_photos, retries=1, retry_delay_seconds=_DELAY_S)
 def cluster_task(inputs: ClusterInput) -> ClusterResult:
-    clusters = run_step(steps.cluster_photos, inputs)
+    clusters = run_store_step(steps.cluster_photos, inputs)
     task_logger(__name__).info(
         "clusters: k=%d sizes %s silhouette %s", clusters.k, clusters.sizes, clusters.silhouette
     )
@@ -75,9 +93,9 @@ def cluster_task(inputs: ClusterInput) -> ClusterResult:
     return clusters
 
 
-@step_task(steps.assign_types, retries=1, retry_delay_seconds=10)
+@step_task(steps.assign_types, retries=1, retry_delay_seconds=_DELAY_S)
 def types_task(inputs: TypesInput) -> TypesResult:
-    types = run_step(steps.assign_types, inputs)
+    types = run_store_step(steps.assign_types, inputs)
     accuracy = (types.classifier or {}).get("cv_accuracy")
     task_logger(__name__).info(
         "types: %s from %d labels; held-out accuracy %s",
@@ -90,8 +108,8 @@ def types_task(inputs: TypesInput) -> TypesResult:
     return types
 
 
-@step_task(steps.filter_photos, retries=1, retry_delay_seconds=10)
+@step_task(steps.filter_photos, retries=1, retry_delay_seconds=_DELAY_S)
 def filter_task(inputs: FilterInput) -> FilterResult:
-    filtered = run_step(steps.filter_photos, inputs)
+    filtered = run_store_step(steps.filter_photos, inputs)
     task_logger(__name__).info("funnel %s; dropped %s", filtered.funnel, filtered.drop_counts)
     return filtered

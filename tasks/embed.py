@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+from typing import ParamSpec, TypeVar
+
+from prefect import Task
 from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -13,12 +16,28 @@ from housegan.config import EmbedSettings, get_settings
 from housegan.embed import EmbedPlan, EmbedResult
 from housegan.steps import embed as steps
 from housegan.steps.embed import EmbedInput, PublishInput, ShardInput
-from tasks.runtime import ProgressArtifact, in_task_run, run_step, step_task, task_logger
+from tasks.runtime import (
+    ProgressArtifact,
+    in_task_run,
+    run_store_step,
+    step_task,
+    task_logger,
+    with_retry_delay,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_DELAY_S = EmbedSettings().task_retry_delay_s  # the default; ``configured`` applies the set one
 
 
-@step_task(steps.plan_embeddings, cache=False, retries=2, retry_delay_seconds=5)
+def configured(task: Task[P, R]) -> Task[P, R]:
+    """An embed task with the configured ``embed.task_retry_delay_s``."""
+    return with_retry_delay(task, get_settings().embed.task_retry_delay_s)
+
+
+@step_task(steps.plan_embeddings, cache=False, retries=2, retry_delay_seconds=_DELAY_S)
 def plan_task(inputs: EmbedInput) -> EmbedPlan:
-    planned = run_step(steps.plan_embeddings, inputs)
+    planned = run_store_step(steps.plan_embeddings, inputs)
     task_logger(__name__).info(
         "embed plan %s: %d photos, %d already embedded, %d to embed in %d shards",
         planned.tag,
@@ -30,16 +49,16 @@ def plan_task(inputs: EmbedInput) -> EmbedPlan:
     return planned
 
 
-@step_task(steps.embed_shard, retries=2, retry_delay_seconds=10)
+@step_task(steps.embed_shard, retries=2, retry_delay_seconds=_DELAY_S)
 def embed_shard_task(inputs: ShardInput) -> str:
-    part_uri = run_step(steps.embed_shard, inputs)
+    part_uri = run_store_step(steps.embed_shard, inputs)
     task_logger(__name__).info("embedded %d photos -> %s", len(inputs.shard), part_uri)
     return part_uri
 
 
-@step_task(steps.publish_embeddings, cache=False, retries=2, retry_delay_seconds=5)
+@step_task(steps.publish_embeddings, cache=False, retries=2, retry_delay_seconds=_DELAY_S)
 def publish_task(inputs: PublishInput) -> EmbedResult:
-    embedded = run_step(steps.publish_embeddings, inputs)
+    embedded = run_store_step(steps.publish_embeddings, inputs)
     failed = embedded.failed
     task_logger(__name__).info(
         "embeddings %s: %d computed, %d reused, %d failed",
@@ -60,10 +79,11 @@ def publish_task(inputs: PublishInput) -> EmbedResult:
 def map_embed_shards(shards: list[ShardInput]) -> list[str]:
     """Map ``embed_shard_task`` with the current flow's task runner; part URIs in shard order.
     A cached part that has since vanished from storage is computed again."""
-    futures = embed_shard_task.map(shards)
+    shard_task = configured(embed_shard_task)
+    futures = shard_task.map(shards)
     part_uris = _results_with_progress(futures, [len(inputs.shard) for inputs in shards])
     options = get_settings().storage_options()
-    again = embed_shard_task.with_options(refresh_cache=True)
+    again = shard_task.with_options(refresh_cache=True)
     return [
         part if storage.exists(part, options) else again(inputs)
         for inputs, part in zip(shards, part_uris, strict=True)

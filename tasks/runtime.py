@@ -23,6 +23,7 @@ from housegan.steps import Step
 P = ParamSpec("P")
 R = TypeVar("R")
 PROGRESS_EVERY_S = 2.0
+S3_ANY = "s3://any"  # one endpoint serves every bucket the settings' storage options reach
 _STEP_OF: dict[Callable[..., Any], Step] = {}  # task function -> the step it wraps
 
 
@@ -63,6 +64,26 @@ def run_step(step: Step[..., R], inputs: Any, **runtime: Any) -> R:
     """Run ``step`` on ``inputs`` with the configured settings and storage options."""
     settings = get_settings()
     return step.run(inputs, settings, storage_options=settings.storage_options(), **runtime)
+
+
+def run_store_step(step: Step[..., R], inputs: Any, **runtime: Any) -> R:
+    """``run_step``, where trouble reaching the store (refused, reset, timed out, 5xx) raises
+    ``storage.StoreUnreachable``: the run then fails in one line naming the endpoint, whichever
+    read of the step met the outage."""
+    try:
+        return run_step(step, inputs, **runtime)
+    except Exception as exc:
+        # The S3 endpoint: the store may be local while the photos it names are on S3.
+        outage = storage.unreachable(exc, S3_ANY, get_settings().storage_options())
+        if outage is None or outage is exc:
+            raise
+        raise outage from exc
+
+
+def with_retry_delay(task: Task[P, R], delay_s: float) -> Task[P, R]:
+    """``task`` waiting ``delay_s`` before each retry: the decorator's delay is fixed at import,
+    a configured one is read per run."""
+    return task.with_options(retry_delay_seconds=delay_s)
 
 
 def run_fresh(wrapper: Task[..., R], inputs: Any) -> R:

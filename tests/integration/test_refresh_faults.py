@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import pandas as pd
 import pytest
 
-from housegan import curate, manifest, storage
+from housegan import curate, embed, manifest, quality, storage
 from housegan.config import Settings, get_settings
 from housegan.testing import photo_bytes
 from housegan.testing.faultproxy import FaultProxy
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 CITIES = ("austin", "boston")
 PER_CITY = 4
 TASK_RETRIES = 2  # Prefect retries of the ingest task: 3 attempts in all
+CURATE_RETRIES = 2  # Prefect retries of the plan-embeddings, embed-shard and quality tasks
 FETCHED_BEFORE_OUTAGE = 3  # object GETs answered before the endpoint goes down
 
 
@@ -66,6 +68,9 @@ def configured(
         "HOUSEGAN_INGEST__TASK_RETRY_DELAY_S": "0",
         "HOUSEGAN_EMBED__INPUT_SIZE": "32",
         "HOUSEGAN_EMBED__NUM_WORKERS": "0",
+        "HOUSEGAN_EMBED__TASK_RETRY_DELAY_S": "0",
+        "HOUSEGAN_CURATE__TASK_RETRY_DELAY_S": "0",
+        "AWS_MAX_ATTEMPTS": "2",  # s3fs's botocore: a refused connection fails in ~1 s, not ~9
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -91,8 +96,8 @@ def raw_objects(s3_server, bucket: str) -> dict[str, bytes]:
     }
 
 
-async def ingest_attempts(flow_run_id: UUID) -> list[int]:
-    """``run_count`` of each ``ingest`` task run under the refresh (in its ingest subflow)."""
+async def task_attempts(flow_run_id: UUID, task_name: str) -> list[int]:
+    """``run_count`` of each ``task_name`` task run under the refresh, in any nested subflow."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -101,15 +106,23 @@ async def ingest_attempts(flow_run_id: UUID) -> list[int]:
     )
 
     async with get_client() as client:
-        children = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+        flow_ids, parents = [], [flow_run_id]
+        while parents:  # refresh -> curate -> embed: one level at a time
+            children = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents)
+                )
             )
-        )
+            parents = [run.id for run in children]
+            flow_ids += parents
         runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id for run in children]))
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_ids))
         )
-    return [run.run_count for run in runs if run.name.startswith("ingest-")]  # "ingest-685"
+    return [run.run_count for run in runs if run.name.startswith(f"{task_name}-")]  # "ingest-685"
+
+
+def ingest_attempts(flow_run_id: UUID) -> list[int]:
+    return asyncio.run(task_attempts(flow_run_id, "ingest"))
 
 
 def refresh(**parameters: Any) -> State:
@@ -135,7 +148,7 @@ def test_s3_down_before_any_photo_is_fetched_publishes_no_manifest(
     failed = refresh()
 
     assert_one_clear_line(failed, proxy.endpoint)
-    assert asyncio.run(ingest_attempts(failed.state_details.flow_run_id)) == [TASK_RETRIES + 1]
+    assert ingest_attempts(failed.state_details.flow_run_id) == [TASK_RETRIES + 1]
     assert storage.latest_uri(manifest.collection_uri(configured.store_uri)) is None
     assert raw_objects(s3_server, bucket) == photos
 
@@ -150,7 +163,7 @@ def test_s3_down_during_ingest_retries_fails_in_one_line_and_recovers(
 
     # The ingest task retried, then the flow run failed with one line naming the endpoint.
     assert_one_clear_line(failed, proxy.endpoint)
-    assert asyncio.run(ingest_attempts(failed.state_details.flow_run_id)) == [TASK_RETRIES + 1]
+    assert ingest_attempts(failed.state_details.flow_run_id) == [TASK_RETRIES + 1]
     # What the first attempt fetched before the outage is published, and nothing downstream
     # ran on it; the raw photos are untouched.
     kept = manifest.read(storage.latest_uri(collection))
@@ -172,3 +185,49 @@ def test_s3_down_during_ingest_retries_fails_in_one_line_and_recovers(
     assert proxy.fired["down"] == 1
     assert result["curate"].filter.funnel["objects"] == len(photos)
     assert raw_objects(s3_server, bucket) == photos
+
+
+def outage_verdicts(store_uri: str, tag: str) -> tuple[list[str], list[str | None]]:
+    """Statuses of every embedding row under ``tag`` and errors of every quality score."""
+    statuses = embed.embeddings(store_uri, tag).read(["status"])["status"].to_pylist()
+    errors = quality.load_scores(store_uri)["error"]
+    return statuses, [None if pd.isna(error) else error for error in errors]
+
+
+def test_s3_down_during_curate_fails_in_one_line_and_rerun_skips_ingest(
+    prefect_harness, configured, proxy, photos, bucket
+):
+    # Ingest GETs every photo once; the first photo read of curate (quality or embed) finds S3
+    # down, and so does everything after it.
+    proxy.down_at(len(photos) + 1, match=object_gets(bucket))
+
+    failed = refresh()
+
+    # Not "0 embedded photos ...: clustering needs more": the outage, in one line, after the
+    # curate stage's photo tasks retried.
+    assert_one_clear_line(failed, proxy.endpoint)
+    run_id = failed.state_details.flow_run_id
+    attempts = {
+        name: asyncio.run(task_attempts(run_id, name))
+        for name in ("score-quality", "plan-embeddings", "embed-shard", "cluster-photos")
+    }
+    assert attempts["score-quality"] == [CURATE_RETRIES + 1]
+    # Whichever embed task met the outage (the plan reads the store, the shard the photos).
+    assert max(attempts["plan-embeddings"] + attempts["embed-shard"]) == CURATE_RETRIES + 1
+    assert attempts["cluster-photos"] == []
+    published = storage.latest_uri(manifest.collection_uri(configured.store_uri))
+    assert published is not None  # ingest finished before the outage
+
+    proxy.up()
+    done = refresh()
+
+    assert done.is_completed(), done.message
+    result = done.result()
+    # The finished stage is not redone: nothing downloaded, the same manifest version.
+    assert (result["ingest"].downloaded, result["ingest"].manifest_uri) == (0, published)
+    assert result["curate"].filter.funnel["objects"] == len(photos)
+    # No photo was written down as unreadable (or unscorable) because of the outage.
+    statuses, errors = outage_verdicts(configured.store_uri, result["curate"].embed.tag)
+    assert statuses == [embed.EmbedStatus.OK.value] * len(photos)
+    assert errors == [None] * len(photos)
+    assert proxy.fired["down"] == 1
