@@ -41,6 +41,21 @@ AugmentOp = Literal["translation", "color", "cutout"]
 IMAGE_SIZES = (32, 64, 128)  # generator resolutions the networks are built for
 
 
+# Marks a field that changes how a step runs, never what it computes (retry delays): it stays
+# out of the cache keys of cached steps (``housegan.steps.Step.determinants``).
+OPERATIONAL: dict[str, Any] = {"operational": True}
+
+
+def determining(section: BaseModel) -> dict[str, Any]:
+    """``section`` as JSON without its operational fields: what a cached result depends on."""
+    skip = {
+        name
+        for name, field in type(section).model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("operational")
+    }
+    return section.model_dump(mode="json", exclude=skip)
+
+
 class ImageLimits(BaseModel):
     """What ingest accepts as a usable image."""
 
@@ -108,7 +123,10 @@ class EmbedSettings(BaseModel):
     shard_size: int = Field(256, ge=1, description="photos per Parquet part / mapped task")
     dask_workers: int = Field(0, ge=0, description="map shards on a local Dask cluster if > 0")
     task_retry_delay_s: float = Field(
-        10.0, ge=0, description="wait before a Prefect retry of an embed task (plan, shard, ...)"
+        10.0,
+        ge=0,
+        description="wait before a Prefect retry of an embed task (plan, shard, ...)",
+        json_schema_extra=OPERATIONAL,
     )
 
 
@@ -220,7 +238,10 @@ class CurateSettings(BaseModel):
     finetune_holdout: float = Field(0.2, ge=0, lt=1, description="labels held out to score it")
     finetune_seed: int = 0
     task_retry_delay_s: float = Field(
-        10.0, ge=0, description="wait before a Prefect retry of a curate task (quality, cluster...)"
+        10.0,
+        ge=0,
+        description="wait before a Prefect retry of a curate task (quality, cluster...)",
+        json_schema_extra=OPERATIONAL,
     )
 
 

@@ -112,7 +112,7 @@ class Step(Generic[P, R]):
             "step": self.name,
             "version": self.version,
             "inputs": fingerprint(inputs, storage_options),
-            "settings": {name: to_json(getattr(settings, name)) for name in self.sections},
+            "settings": {name: _determining(getattr(settings, name)) for name in self.sections},
         }
 
     def written(self, result: R) -> list[str]:
@@ -133,3 +133,12 @@ def step(
         return Step(fn, sections, version, writes)
 
     return make
+
+
+def _determining(section: Any) -> Any:
+    """A settings section without the fields that cannot change a result (retry delays)."""
+    from pydantic import BaseModel
+
+    from housegan.config import determining
+
+    return determining(section) if isinstance(section, BaseModel) else to_json(section)

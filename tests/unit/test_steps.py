@@ -75,3 +75,23 @@ def test_cache_key_reads_a_labels_folder_by_content(tmp_path: Path):
     labels.import_labels(label_file.as_uri(), store, labeller="test")
     assert cache_key(steps.assign_types, inputs) != before  # same URI, new labels
     assert steps.assign_types.determinants(inputs, get_settings())["step"] == "assign_types"
+
+
+def test_retry_delays_stay_out_of_the_cache_keys_of_steps() -> None:
+    """A retry delay changes how a step runs, not what it computes: same key; a real setting
+    changes the key."""
+    from housegan.config import Settings
+    from housegan.steps import step
+
+    @step("embed")
+    def embed_like(inputs: str, cfg: object, *, storage_options: object = None) -> str:
+        return inputs
+
+    base = Settings()
+    slower = base.model_copy(
+        update={"embed": base.embed.model_copy(update={"task_retry_delay_s": 99.0})}
+    )
+    other = base.model_copy(update={"embed": base.embed.model_copy(update={"batch_size": 7})})
+    key = embed_like.determinants("x", base)
+    assert embed_like.determinants("x", slower) == key
+    assert embed_like.determinants("x", other) != key
