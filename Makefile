@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format stack-up stack-down bench clean
+.PHONY: install system-deps demo test test-fast lint format stack-up stack-down bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,23 @@ demo: install
 		HOUSEGAN_CONFIG=$(DEMO_CONFIG) PREFECT_SERVER_ANALYTICS_ENABLED=false \
 		PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW=ignore $(PY) -m flows.demo
 
-test: install
+# Debian packages the suite drives: Chromium (the app's browser test, through Playwright; never
+# `playwright install`, which downloads browsers) and the PostgreSQL server (the stack's
+# --db postgres). Installed when missing and run as root (CI); otherwise the command is printed.
+system-deps:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+		else \
+			echo "the tests need Debian packages:$$missing -- run: sudo apt-get install$$missing"; \
+			exit 1; \
+		fi; \
+	fi
+
+test: install system-deps
 	$(VENV)/bin/pytest
 
 # Unit tests only: no server is started (tests/unit/conftest.py refuses a test that asks for one).

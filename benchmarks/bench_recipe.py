@@ -50,6 +50,9 @@ BEFORE: dict[str, Any] = {
     "ema_kimg": 10.0,
 }
 RECIPES: dict[str, dict[str, Any]] = {"before": BEFORE, "defaults": {}}
+# What each set's images allow, whatever the recipe (StyleGAN's per-dataset --mirror): a
+# mirrored digit is another glyph (a mirrored 3 is no 3), a mirrored house is a house.
+SET_DATA: dict[str, dict[str, Any]] = {"digits": {"xflip": False}}
 SET_SIZES: dict[str, dict[str, Any]] = {
     "digits": {},
     "photo_crops": {"per_class": 300},
@@ -90,7 +93,8 @@ def run_one(
         seed=args.seed,
     )
     # model_validate, not with_overrides: a recipe may set a field to None (ADA off)
-    cfg = GanSettings.model_validate({**base.model_dump(), **RECIPES[recipe]})
+    data = SET_DATA.get(name, {})
+    cfg = GanSettings.model_validate({**base.model_dump(), **data, **RECIPES[recipe]})
     keeper = GridKeeper()
     run_dir = out / f"{name}-{recipe}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume
@@ -129,7 +133,7 @@ def run_one(
     }
 
 
-RECIPE_KEYS = (*BEFORE, "image_size", "ada_kimg", "ema_rampup")
+RECIPE_KEYS = (*BEFORE, "image_size", "ada_kimg", "ema_rampup", "xflip")
 
 
 def fmt(value: Any, digits: int = 3) -> str:
