@@ -160,7 +160,9 @@ def train_model(
         kimg=result.kimg,
         images_per_second=result.images_per_second,
         rollbacks=result.rollbacks,
-        gpu_minutes=tracking.run_metrics(tracked.run_id).get(tracking.GPU_MINUTES, 0.0),
+        gpu_minutes=tracking.run_metrics(tracked.run_id, tracking_uri).get(
+            tracking.GPU_MINUTES, 0.0
+        ),
         warm_start_from=inputs.warm_start_from,
     )
     record = json.dumps(to_json(trained), indent=2).encode()

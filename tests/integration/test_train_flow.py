@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def test_prepare_task_returns_only_ids_uris_and_counts(
 
 @pytest.mark.integration
 def test_without_a_train_deployment_the_refresh_trains_in_process_and_says_why(
-    prefect_harness: None, configured: Path, monkeypatch: pytest.MonkeyPatch, capfd
+    prefect_harness: None, configured: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The harness server holds no `train` deployment: `auto` falls back (logged), `gpu-pool`
     refuses, `in-process` does not ask."""
@@ -86,8 +87,16 @@ def test_without_a_train_deployment_the_refresh_trains_in_process_and_says_why(
     def place() -> str:
         return train_placement_task()
 
-    assert place() == "in-process"
-    logged = capfd.readouterr().err  # the run logger's console handler
+    records: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.WARNING)
+    catcher.emit = records.append  # type: ignore[method-assign]
+    run_logger = logging.getLogger("prefect.task_runs")  # what get_run_logger() adapts
+    run_logger.addHandler(catcher)
+    try:
+        assert place() == "in-process"
+    finally:
+        run_logger.removeHandler(catcher)
+    logged = "\n".join(record.getMessage() for record in records)
     assert "no deployment 'train/train'" in logged
     assert "training in-process on this worker instead" in logged
     monkeypatch.setenv("HOUSEGAN_ORCHESTRATION__TRAIN_ON", "gpu-pool")
