@@ -44,7 +44,7 @@ _DELAY_S = CurateSettings().task_retry_delay_s  # the default; ``configured`` ap
 
 def configured(task: Task[P, R]) -> Task[P, R]:
     """A curate task with the configured ``curate.task_retry_delay_s``."""
-    return with_retry_delay(task, get_settings().curate.task_retry_delay_s)
+    return with_retry_delay(task, "curate")
 
 
 @task(name="resolve-curation", retries=2, retry_delay_seconds=_DELAY_S, cache_policy=NO_CACHE)

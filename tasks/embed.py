@@ -32,7 +32,7 @@ _DELAY_S = EmbedSettings().task_retry_delay_s  # the default; ``configured`` app
 
 def configured(task: Task[P, R]) -> Task[P, R]:
     """An embed task with the configured ``embed.task_retry_delay_s``."""
-    return with_retry_delay(task, get_settings().embed.task_retry_delay_s)
+    return with_retry_delay(task, "embed")
 
 
 @step_task(steps.plan_embeddings, cache=False, retries=2, retry_delay_seconds=_DELAY_S)

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -80,9 +80,10 @@ def run_store_step(step: Step[..., R], inputs: Any, **runtime: Any) -> R:
         raise outage from exc
 
 
-def with_retry_delay(task: Task[P, R], delay_s: float) -> Task[P, R]:
-    """``task`` waiting ``delay_s`` before each retry: the decorator's delay is fixed at import,
-    a configured one is read per run."""
+def with_retry_delay(task: Task[P, R], section: Literal["embed", "curate"]) -> Task[P, R]:
+    """``task`` waiting ``<section>.task_retry_delay_s`` before each retry: the decorator's delay
+    is fixed at import, the configured one is read per run."""
+    delay_s = getattr(get_settings(), section).task_retry_delay_s
     return task.with_options(retry_delay_seconds=delay_s)
 
 
