@@ -2,7 +2,8 @@
 
 For each image set (``housegan.testing.realsets``: handwritten digits, crops of ten real
 photographs, the synthetic listings) and each recipe (``before``: the defaults up to
-2026-12-02; ``defaults``: ``GanSettings()`` now), it packs the set at R, trains for
+2026-12-02; ``ac-gan``: those of 2026-12-07 morning, AC-GAN classifiers without twins;
+``defaults``: ``GanSettings()`` now), it packs the set at R, trains for
 ``--minutes`` of wall time on this machine, evaluates the EMA generator with
 ``housegan.evaluate`` (the project's evaluation: random-init VGG16 features, as in tests) and
 prints one row:
@@ -14,7 +15,7 @@ prints one row:
 
 The final sample grid of every run is written beside the JSON (``--out``), to be looked at.
 
-    python benchmarks/bench_recipe.py                       # all sets, both recipes, 8 min each
+    python benchmarks/bench_recipe.py                       # all sets, all recipes, 8 min each
     python benchmarks/bench_recipe.py --sets digits --recipes defaults --minutes 2
 """
 
@@ -47,9 +48,14 @@ BEFORE: dict[str, Any] = {
     "diffaugment": "translation,color,cutout",
     "ada_target": None,
     "class_weight": 0.0,
+    "class_twin": False,
+    "minibatch_std": 0,
     "ema_kimg": 10.0,
+    "ema_standing_images": 0,
 }
-RECIPES: dict[str, dict[str, Any]] = {"before": BEFORE, "defaults": {}}
+# The defaults of 2026-12-07 morning: AC-GAN classifiers without their twins, G's BN statistics.
+AC_GAN: dict[str, Any] = {"class_twin": False, "ema_standing_images": 0}
+RECIPES: dict[str, dict[str, Any]] = {"before": BEFORE, "ac-gan": AC_GAN, "defaults": {}}
 # What each set's images allow, whatever the recipe (StyleGAN's per-dataset --mirror): a
 # mirrored digit is another glyph (a mirrored 3 is no 3), a mirrored house is a house.
 SET_DATA: dict[str, dict[str, Any]] = {"digits": {"xflip": False}}

@@ -289,9 +289,26 @@ class GanSettings(BaseModel):
         description="weight of D's auxiliary label classifiers (AC-GAN) in both losses; 0 = "
         "projection only",
     )
+    minibatch_std: int = Field(
+        0,
+        ge=0,
+        description="group size of D's minibatch standard deviation channel (ProGAN): D sees "
+        "how alike a group's images are; 0 or 1 = off",
+    )
+    class_twin: bool = Field(
+        True,
+        description="twin classifiers trained on generated images, which G must not find easy "
+        "(TAC-GAN): keeps AC-GAN's label accuracy without its loss of within-class diversity",
+    )
     ema_kimg: float = Field(10.0, gt=0, description="EMA half-life of G_ema, in kimg")
     ema_rampup: float | None = Field(
         0.05, description="early on, half-life <= this fraction of images shown so far"
+    )
+    ema_standing_images: int = Field(
+        2048,
+        ge=0,
+        description="before G_ema is drawn or saved, its batch-norm statistics are re-estimated "
+        "on this many of its own samples (BigGAN's standing statistics); 0 = G's running ones",
     )
     # device and speed
     device: DeviceSpec = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")

@@ -8,7 +8,8 @@ hierarchical ``z``, of that block's own chunk of ``z``.
 Discriminator: residual down-blocks with spectral norm on every weight, a sum-pooled feature
 vector ``h``, a linear score and one projection term per label, ``<embed(label), h>``
 (cGAN projection, Miyato & Koyama 2018), plus one auxiliary classifier per label on ``h``
-(AC-GAN, Odena et al. 2017), which the loss may weigh in (``gan.class_weight``).
+(AC-GAN, Odena et al. 2017), which the loss may weigh in (``gan.class_weight``), and optionally
+their twins trained on generated images (TAC-GAN, Gong et al. 2019; ``gan.class_twin``).
 
 Width and depth scale with R ∈ {32, 64, 128} (log2(R/4) blocks) and ``width`` (base channels).
 """
@@ -162,13 +163,19 @@ class DiscriminatorBlock(nn.Module):
 class Discriminator(nn.Module):
     """``forward(x [N, 3, R, R], city [N], image_type [N]) -> logits [N]``."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(
+        self, spec: ModelSpec, twin_classifiers: bool = False, minibatch_std: int = 0
+    ) -> None:
         super().__init__()
         self.spec = spec
         ch = spec.channels()[::-1]  # at R×R, R/2, ..., 4×4: mirrors the generator
         blocks = [DiscriminatorBlock(3, ch[1], downsample=True, first=True)]
         blocks += [DiscriminatorBlock(ch[i], ch[i + 1], True) for i in range(1, spec.n_blocks)]
-        blocks.append(DiscriminatorBlock(ch[-1], ch[-1], downsample=False))
+        # ProGAN's minibatch standard deviation before the last block: D sees how alike the
+        # images of a group are, so a G that draws one image per class is caught.
+        self.minibatch_std = minibatch_std
+        extra = 1 if minibatch_std > 1 else 0
+        blocks.append(DiscriminatorBlock(ch[-1] + extra, ch[-1], downsample=False))
         self.blocks = nn.Sequential(*blocks)
         features = ch[-1]
         self.score = spectral_norm(nn.Linear(features, 1))
@@ -178,18 +185,43 @@ class Discriminator(nn.Module):
         # within a few kimg, where the projection term alone takes far longer.
         self.city_classifier = nn.Linear(features, spec.n_cities)
         self.type_classifier = nn.Linear(features, spec.n_types)
+        # Twins trained on generated images only (TAC-GAN): G is pushed to be read as its label
+        # by the real-image classifiers but not to be easy for the twins, which removes AC-GAN's
+        # pull towards the most classifiable image of each class (its loss of diversity).
+        self.twin_classifiers = twin_classifiers
+        if twin_classifiers:
+            self.city_twin = nn.Linear(features, spec.n_cities)
+            self.type_twin = nn.Linear(features, spec.n_types)
         init_weights(self)
 
     def forward(
         self, x: Tensor, city: Tensor, image_type: Tensor, classes: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-        """Logits; with ``classes``, also the classifiers' city and type logits."""
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, ...]]:
+        """Logits; with ``classes``, also the classifiers' (city, type) logits, followed by the
+        twins' (city, type) logits when the twins exist."""
+        h = self.blocks[:-1](x)
+        if self.minibatch_std > 1:
+            h = torch.cat([h, _group_std(h, self.minibatch_std)], dim=1)
+        h = F.relu(self.blocks[-1](h)).sum(dim=(2, 3))
         projection = (self.city_embed(city) * h).sum(1) + (self.type_embed(image_type) * h).sum(1)
         logits = self.score(h).squeeze(1) + projection
         if not classes:
             return logits
-        return logits, self.city_classifier(h), self.type_classifier(h)
+        heads = (self.city_classifier(h), self.type_classifier(h))
+        if self.twin_classifiers:
+            heads += (self.city_twin(h), self.type_twin(h))
+        return logits, heads
+
+
+def _group_std(h: Tensor, group: int) -> Tensor:
+    """One channel: per group of ``group`` consecutive images (consecutive, so a batch of reals
+    then fakes never mixes them when its halves divide), each feature's standard deviation over
+    the group, averaged over features."""
+    n, _, height, width = h.shape
+    group = math.gcd(group, n)
+    grouped = h.float().reshape(n // group, group, *h.shape[1:])
+    std = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+    return std.repeat_interleave(group).to(h.dtype).view(n, 1, 1, 1).expand(n, 1, height, width)
 
 
 def init_weights(module: nn.Module) -> None:

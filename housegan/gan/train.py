@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import logging
 import math
 import os
 import sys
@@ -39,6 +40,8 @@ from housegan.gan import loss as losses
 from housegan.gan.augment import AdaptiveStrength, DiffAugment, xflip
 from housegan.gan.data import PackedDataset, load_packed
 from housegan.gan.models import Discriminator, Generator, ModelSpec
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "housegan.gan.checkpoint/2"  # 2: D has auxiliary classifiers
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -234,6 +237,7 @@ class Trainer:
         self.last_checkpoint = ""
         self.checkpoint_step = -1
         self.last_metrics: dict[str, float] = {}
+        self._standing_step = -1  # the step G_ema's standing statistics were taken at
 
     # ----------------------------------------------------------------------------- set-up
     def _load_data(self, data: PackedDataset) -> None:
@@ -249,7 +253,8 @@ class Trainer:
     def _build_networks(self) -> None:
         cfg, device, fmt = self.cfg, self.device, self.memory_format
         self.G = Generator(self.spec).to(device, memory_format=fmt)
-        self.D = Discriminator(self.spec).to(device, memory_format=fmt)
+        twins = cfg.class_twin and cfg.class_weight > 0
+        self.D = Discriminator(self.spec, twins, cfg.minibatch_std).to(device, memory_format=fmt)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=cfg.adam_betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.adam_betas)
@@ -318,9 +323,15 @@ class Trainer:
                 )
             d_loss = losses.d_main(logits[:batch], logits[batch:], self.stats)
             if classes is not None:  # D's classifiers learn the labels from real images only
+                real_heads = [head[:batch] for head in classes]
                 d_loss = d_loss + self.cfg.class_weight * losses.classes(
-                    classes[0][:batch], classes[1][:batch], city, image_type, "real", self.stats
+                    *real_heads[:2], city, image_type, "real", self.stats
                 )
+                if len(classes) > 2:  # ... and their twins from generated images only
+                    fake_heads = [head[batch:] for head in classes[2:]]
+                    d_loss = d_loss + self.cfg.class_weight * losses.classes(
+                        *fake_heads, city, image_type, "twin", self.stats
+                    )
             if self.ada is not None:
                 self.ada.observe(logits[:batch])
             if self.d_loss_hook is not None:
@@ -336,8 +347,12 @@ class Trainer:
         g_loss = losses.g_main(logits, self.stats)
         if classes is not None:  # G is taught to draw what D's classifiers read as its labels
             g_loss = g_loss + self.cfg.class_weight * losses.classes(
-                *classes, city, image_type, "fake", self.stats
+                *classes[:2], city, image_type, "fake", self.stats
             )
+            if len(classes) > 2:  # ... but not to be the easiest case for the twins (TAC-GAN)
+                g_loss = g_loss - self.cfg.class_weight * losses.classes(
+                    *classes[2:], city, image_type, "fake_twin", self.stats
+                )
         self._update(self.opt_g, g_loss, self.G, "g", measure)
         self.D.requires_grad_(True)
 
@@ -350,13 +365,13 @@ class Trainer:
 
     def _discriminate(
         self, d: Callable[..., Any], x: Tensor, city: Tensor, image_type: Tensor
-    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """float32 logits and, when ``class_weight`` > 0, the classifiers' (city, type) logits
-        (not asked for otherwise: DDP refuses parameters that get no gradient)."""
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """float32 logits and, when ``class_weight`` > 0, the classifiers' (city, type) logits,
+        then the twins' (not asked for otherwise: DDP refuses parameters that get no gradient)."""
         if self.cfg.class_weight <= 0:
             return d(x, city, image_type).float(), None
-        logits, city_logits, type_logits = d(x, city, image_type, classes=True)
-        return logits.float(), (city_logits.float(), type_logits.float())
+        logits, heads = d(x, city, image_type, classes=True)
+        return logits.float(), tuple(head.float() for head in heads)
 
     def _update(
         self, opt: torch.optim.Optimizer, loss: Tensor, net: nn.Module, name: str, measure: bool
@@ -380,6 +395,7 @@ class Trainer:
         beta = 0.5 ** (self.cfg.batch_size * self.dist.world_size / max(ema_nimg, 1e-8))
         torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1 - beta)
         torch._foreach_copy_(list(self.G_ema.buffers()), list(self.G.buffers()))  # BN stats
+        self._standing_step = -1
 
     # ------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
@@ -465,6 +481,7 @@ class Trainer:
         if self.dist.is_main:
             from housegan.gan import serving
 
+            self._standing_stats()
             serving.save_model_dir(
                 self.G_ema, self.spec, self.vocab, self.out_dir, self.storage_options
             )
@@ -516,7 +533,39 @@ class Trainer:
 
     def sample_grid(self) -> Image.Image:
         """G_ema's images for the fixed latents, one row per (city, type) in the data."""
+        self._standing_stats()
         return sample_grid(self.G_ema, self.vocab, self.grid_z, self.classes)
+
+    @torch.no_grad()
+    def _standing_stats(self) -> None:
+        """Re-estimate G_ema's batch-norm statistics on its own activations (BigGAN's standing
+        statistics): the running statistics copied from G describe another network's, and
+        drawing with them shrinks the variety of the samples. The next EMA update copies G's
+        back; its own random stream leaves training's untouched."""
+        images, batch = self.cfg.ema_standing_images, self.cfg.batch_size
+        norms = [m for m in self.G_ema.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+        if images <= 0 or not norms or self._standing_step == self.step:
+            return
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a plain average over the batches below
+        randomness = _generator(self.device, self.cfg.seed, "standing", self.step)
+        self.G_ema.train()
+        for start in range(0, images, batch):
+            index = torch.randint(
+                len(self.city),
+                (min(batch, images - start),),
+                generator=randomness,
+                device=self.device,
+            )
+            z = torch.randn(len(index), self.spec.z_dim, generator=randomness, device=self.device)
+            with self.autocast():
+                self.G_ema(z, self.city[index], self.image_type[index])
+        self.G_ema.eval()
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        self._standing_step = self.step
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self, clone: bool = False) -> dict[str, Any]:
@@ -597,10 +646,11 @@ class Trainer:
         self.last_checkpoint, self.checkpoint_step = uri, self.step
         return True
 
-    def warm_start(self, checkpoint_uri: str) -> None:
+    def warm_start(self, checkpoint_uri: str) -> list[str]:
         """Start from another run's weights (G, D, G_ema and ADA's p): a new schedule, fresh
         optimizers. The labels must be the same, in the same order: the embeddings index them.
-        """
+        D's parts that the other run's recipe lacked or shaped otherwise (twin classifiers,
+        the minibatch-std channel) start fresh; returns their names."""
         state = checkpoint.load(checkpoint_uri, self.storage_options, map_location="cpu")
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint: {checkpoint_uri}")
@@ -609,9 +659,13 @@ class Trainer:
                 f"cannot warm-start from {checkpoint_uri}: it has labels {state['vocab']} and "
                 f"{state['spec']}; this run has {self.vocab} and {asdict(self.spec)}"
             )
-        for key in ("G", "D", "G_ema"):
-            getattr(self, key).load_state_dict(state[key])
+        self.G.load_state_dict(state["G"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        fresh = _load_matching(self.D, state["D"])
+        if fresh:
+            log.warning("warm start from %s: D's %s start fresh", checkpoint_uri, fresh)
         self.augment.p = state["augment_p"].reshape(()).to(self.augment.p)
+        return fresh
 
     def _apply_lr(self) -> None:
         for opt, base in ((self.opt_g, self.cfg.g_lr), (self.opt_d, self.cfg.d_lr)):
@@ -696,6 +750,15 @@ def _seed(*parts: object) -> int:
 
 def _generator(device: torch.device, *parts: object) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(_seed(*parts))
+
+
+def _load_matching(module: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """Load the entries of ``state`` that ``module`` has, with the same shape; returns the
+    module's entries left as initialised."""
+    own = module.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(fits, strict=False)
+    return sorted(set(own) - set(fits))
 
 
 def _identity(module: nn.Module) -> Callable[..., Tensor]:

@@ -1,13 +1,38 @@
-"""The training recipe's parts: adaptive augmentation strength, D's auxiliary classifiers."""
+"""The training recipe's parts: adaptive augmentation strength, D's auxiliary classifiers and
+their twins, the minibatch standard deviation, G_ema's standing statistics."""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from housegan.config import GanSettings
+from housegan.gan import checkpoint, serving
 from housegan.gan import loss as losses
 from housegan.gan.augment import AdaptiveStrength, DiffAugment
-from housegan.gan.models import Discriminator, ModelSpec
+from housegan.gan.models import Discriminator, ModelSpec, _group_std
+from housegan.gan.train import train
+from housegan.testing.gan import TINY_SETTINGS, prepared_dataset
+
+
+class Recorder:
+    """A Reporter keeping the metric rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.rows.append(metrics)
+
+    def image(self, name: str, image: Any, step: int) -> None:
+        pass
 
 
 def _ada(target: float = 0.6, speed_kimg: float = 1.0) -> AdaptiveStrength:
@@ -68,7 +93,7 @@ def test_discriminator_classifiers_score_every_city_and_type() -> None:
     d = Discriminator(spec).eval()  # eval: no spectral-norm power iteration between the calls
     x = torch.randn(5, 3, 32, 32)
     city, image_type = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 0, 1, 0])
-    logits, city_logits, type_logits = d(x, city, image_type, classes=True)
+    logits, (city_logits, type_logits) = d(x, city, image_type, classes=True)
     assert logits.shape == (5,) and city_logits.shape == (5, 3) and type_logits.shape == (5, 2)
     assert torch.equal(logits, d(x, city, image_type))
 
@@ -87,3 +112,62 @@ def test_class_loss_falls_as_the_classifier_gets_the_labels_right() -> None:
     losses.classes(torch.eye(3)[labels], torch.eye(2)[types], labels, types, "fake", stats)
     assert stats.names() == ["class_acc/fake", "loss/class_fake"]
     assert float(stats.means()[0]) == 1.0
+
+
+def test_minibatch_std_sees_a_group_of_one_image_and_never_mixes_reals_with_fakes() -> None:
+    spec = ModelSpec(32, n_cities=2, n_types=2, z_dim=16, width=4, embed_dim=8)
+    d = Discriminator(spec, minibatch_std=4)
+    real, fake = torch.randn(8, 3, 32, 32), torch.randn(1, 3, 32, 32).repeat(8, 1, 1, 1)
+    features = d.blocks[:-1](torch.cat([real, fake]))
+    std = _group_std(features, 4)[:, 0, 0, 0]
+    assert std.shape == (16,) and (std[:8] > 0.01).all()
+    assert torch.allclose(std[8:], torch.full((8,), 1e-4), atol=1e-4)  # sqrt(0 + 1e-8)
+    assert d.blocks[-1].conv1.in_channels == spec.channels()[0] + 1
+    assert _group_std(features[:6], 4).shape == (6, 1, 4, 4)  # a group of 2 when 4 won't divide
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return prepared_dataset(tmp_path_factory.mktemp("recipe-data"), image_size=32, per_class=4)
+
+
+def test_twin_classifiers_learn_the_labels_of_generated_images(dataset: str, tmp_path) -> None:
+    cfg = GanSettings(**TINY_SETTINGS, steps=4, log_every=4, class_twin=True)
+    reporter = Recorder()
+    train(dataset, str(tmp_path / "run"), cfg, reporter=reporter)
+    last = reporter.rows[-1]
+    for name in ("loss/class_real", "loss/class_twin", "loss/class_fake", "loss/class_fake_twin"):
+        assert math.isfinite(last[name]), name
+    state = checkpoint.load(checkpoint.list_checkpoints(str(tmp_path / "run"))[-1][1])
+    assert {"city_twin.weight", "type_twin.weight"} <= set(state["D"])
+
+
+def _bn_input_error(model_dir: Path, n: int = 512) -> float:
+    """Largest gap, over G_ema's batch norms, between the running mean used in eval mode and
+    the mean of what that norm is fed when G_ema draws fresh samples, in units of its std."""
+    g = serving.load_generator(model_dir).generator
+    seen: dict[torch.nn.Module, torch.Tensor] = {}
+    norms = [m for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.__setitem__(m, i[0])) for m in norms]
+    labels = torch.arange(n)
+    g(
+        torch.randn(n, g.spec.z_dim, generator=torch.Generator().manual_seed(5)),
+        labels % 2,
+        labels % 2,
+    )
+    for hook in hooks:
+        hook.remove()
+    gaps = []
+    for norm, x in seen.items():
+        mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+        gaps.append(((norm.running_mean - mean).abs() / std.clamp_min(1e-6)).max())
+    return float(torch.stack(gaps).max())
+
+
+def test_standing_statistics_describe_g_emas_own_activations(dataset: str, tmp_path) -> None:
+    errors = {}
+    for images in (0, 512):
+        cfg = GanSettings(**TINY_SETTINGS, steps=12, ema_standing_images=images, ema_kimg=0.05)
+        train(dataset, str(tmp_path / str(images)), cfg)
+        errors[images] = _bn_input_error(tmp_path / str(images))
+    assert errors[512] < 0.25 < errors[0]

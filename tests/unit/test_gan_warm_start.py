@@ -45,6 +45,28 @@ def test_warm_start_takes_the_weights_but_a_fresh_schedule(
     assert result.step == 2  # its own budget, counted from zero
 
 
+def test_a_champion_of_an_older_recipe_warm_starts_with_fresh_twins_and_minibatch_std(
+    champion: tuple[str, str], tmp_path: Path
+) -> None:
+    dataset, _ = champion
+    old_recipe = GanSettings(**TINY, steps=3, class_twin=False, minibatch_std=0)
+    train(dataset, str(tmp_path / "old"), old_recipe)
+    latest = checkpoint.latest(str(tmp_path / "old"))
+    saved = checkpoint.load(latest)
+    new_recipe = GanSettings(**TINY, steps=2, class_twin=True, minibatch_std=4)
+    trainer = Trainer(dataset, str(tmp_path / "retrain"), new_recipe)
+    fresh = trainer.warm_start(latest)
+    assert {"city_twin.weight", "type_twin.weight"} <= set(fresh)
+    last_conv = f"blocks.{len(trainer.D.blocks) - 1}.conv1.parametrizations.weight.original"
+    assert last_conv in fresh  # one input channel more
+    assert all(key.startswith(("city_twin", "type_twin", "blocks.")) for key in fresh)
+    for key, value in trainer.D.state_dict().items():
+        if key not in fresh:
+            assert torch.equal(value, saved["D"][key]), key
+    for key, value in trainer.G_ema.state_dict().items():
+        assert torch.equal(value, saved["G_ema"][key]), key
+
+
 def test_warm_start_refuses_a_checkpoint_with_other_labels(
     champion: tuple[str, str], tmp_path: Path
 ) -> None:
