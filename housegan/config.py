@@ -300,6 +300,12 @@ class GanSettings(BaseModel):
         description="twin classifiers trained on generated images, which G must not find easy "
         "(TAC-GAN): keeps AC-GAN's label accuracy without its loss of within-class diversity",
     )
+    mode_seeking: float = Field(
+        0.0,
+        ge=0,
+        description="weight of MSGAN's mode-seeking term: G is penalised when two latents of "
+        "the same labels draw alike images; 0 = off",
+    )
     ema_kimg: float = Field(10.0, gt=0, description="EMA half-life of G_ema, in kimg")
     ema_rampup: float | None = Field(
         0.05, description="early on, half-life <= this fraction of images shown so far"

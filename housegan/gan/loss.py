@@ -74,3 +74,18 @@ def classes(
         hits = (city_logits.argmax(1) == city) & (type_logits.argmax(1) == image_type)
         stats.add(f"class_acc/{name}", hits.float().mean())
     return loss
+
+
+def mode_seeking(
+    images: Tensor, other_images: Tensor, z: Tensor, other_z: Tensor, stats: Stats | None = None
+) -> Tensor:
+    """MSGAN's regulariser (Mao et al. 2019) for pairs of images of the same labels: the
+    inverse of how far apart two latents' images are per unit of latent distance, so that G
+    cannot map different latents to one image."""
+    image_gap = (images - other_images).abs().mean(dim=(1, 2, 3))
+    latent_gap = (z - other_z).abs().mean(dim=1)
+    ratio = (image_gap / latent_gap).mean()
+    loss = 1 / (ratio + 1e-5)
+    if stats is not None:
+        stats.add("loss/mode_seeking", loss)
+    return loss

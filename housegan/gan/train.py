@@ -339,8 +339,14 @@ class Trainer:
             self._update(self.opt_d, d_loss, self.D, "d", measure)
 
         self.D.requires_grad_(False)
+        pairs = batch // 2 if self.cfg.mode_seeking > 0 else 0
+        if pairs:  # image i and i + pairs share their labels
+            city, image_type = (
+                torch.cat([x[:pairs], x[:pairs], x[2 * pairs :]]) for x in (city, image_type)
+            )
+        z = self.latents(batch)
         with self.autocast():
-            fake = self.g_train(self.latents(batch), city, image_type)
+            fake = self.g_train(z, city, image_type)
             logits, classes = self._discriminate(
                 self.d_frozen, self.augment(fake), city, image_type
             )
@@ -353,6 +359,14 @@ class Trainer:
                 g_loss = g_loss - self.cfg.class_weight * losses.classes(
                     *classes[2:], city, image_type, "fake_twin", self.stats
                 )
+        if pairs:
+            g_loss = g_loss + self.cfg.mode_seeking * losses.mode_seeking(
+                fake[:pairs].float(),
+                fake[pairs : 2 * pairs].float(),
+                z[:pairs],
+                z[pairs : 2 * pairs],
+                self.stats,
+            )
         self._update(self.opt_g, g_loss, self.G, "g", measure)
         self.D.requires_grad_(True)
 

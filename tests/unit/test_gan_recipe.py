@@ -1,5 +1,5 @@
 """The training recipe's parts: adaptive augmentation strength, D's auxiliary classifiers and
-their twins, the minibatch standard deviation, G_ema's standing statistics."""
+their twins, the minibatch standard deviation, mode seeking, G_ema's standing statistics."""
 
 from __future__ import annotations
 
@@ -131,12 +131,21 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     return prepared_dataset(tmp_path_factory.mktemp("recipe-data"), image_size=32, per_class=4)
 
 
+def test_mode_seeking_penalises_latents_that_draw_the_same_image() -> None:
+    z, other_z = torch.randn(4, 8), torch.randn(4, 8)
+    image = torch.zeros(4, 3, 8, 8)
+    collapsed = losses.mode_seeking(image, image, z, other_z)
+    apart = losses.mode_seeking(image, image + 0.5, z, other_z)
+    assert collapsed > 1e4 > 10 > apart
+
+
 def test_twin_classifiers_learn_the_labels_of_generated_images(dataset: str, tmp_path) -> None:
-    cfg = GanSettings(**TINY_SETTINGS, steps=4, log_every=4, class_twin=True)
+    cfg = GanSettings(**TINY_SETTINGS, steps=4, log_every=4, class_twin=True, mode_seeking=0.1)
     reporter = Recorder()
     train(dataset, str(tmp_path / "run"), cfg, reporter=reporter)
     last = reporter.rows[-1]
-    for name in ("loss/class_real", "loss/class_twin", "loss/class_fake", "loss/class_fake_twin"):
+    names = ("loss/class_real", "loss/class_twin", "loss/class_fake", "loss/class_fake_twin")
+    for name in (*names, "loss/mode_seeking"):
         assert math.isfinite(last[name]), name
     state = checkpoint.load(checkpoint.list_checkpoints(str(tmp_path / "run"))[-1][1])
     assert {"city_twin.weight", "type_twin.weight"} <= set(state["D"])
