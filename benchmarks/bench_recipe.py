@@ -3,7 +3,8 @@
 For each image set (``housegan.testing.realsets``: handwritten digits, crops of ten real
 photographs, the synthetic listings) and each recipe (``before``: the defaults up to
 2026-12-02; ``ac-gan``: those of 2026-12-07 morning, AC-GAN classifiers without twins;
-``defaults``: ``GanSettings()`` now), it packs the set at R, trains for
+``twins``: with twin classifiers and standing statistics, no mode seeking; ``defaults``:
+``GanSettings()`` now), it packs the set at R, trains for
 ``--minutes`` of wall time on this machine, evaluates the EMA generator with
 ``housegan.evaluate`` (the project's evaluation: random-init VGG16 features, as in tests) and
 prints one row:
@@ -50,12 +51,20 @@ BEFORE: dict[str, Any] = {
     "class_weight": 0.0,
     "class_twin": False,
     "minibatch_std": 0,
+    "mode_seeking": 0.0,
     "ema_kimg": 10.0,
     "ema_standing_images": 0,
 }
 # The defaults of 2026-12-07 morning: AC-GAN classifiers without their twins, G's BN statistics.
-AC_GAN: dict[str, Any] = {"class_twin": False, "ema_standing_images": 0}
-RECIPES: dict[str, dict[str, Any]] = {"before": BEFORE, "ac-gan": AC_GAN, "defaults": {}}
+AC_GAN: dict[str, Any] = {"class_twin": False, "ema_standing_images": 0, "mode_seeking": 0.0}
+# Early afternoon: the twins and standing statistics added, no mode seeking yet.
+TWINS: dict[str, Any] = {"mode_seeking": 0.0}
+RECIPES: dict[str, dict[str, Any]] = {
+    "before": BEFORE,
+    "ac-gan": AC_GAN,
+    "twins": TWINS,
+    "defaults": {},
+}
 # What each set's images allow, whatever the recipe (StyleGAN's per-dataset --mirror): a
 # mirrored digit is another glyph (a mirrored 3 is no 3), a mirrored house is a house.
 SET_DATA: dict[str, dict[str, Any]] = {"digits": {"xflip": False}}

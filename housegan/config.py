@@ -301,7 +301,7 @@ class GanSettings(BaseModel):
         "(TAC-GAN): keeps AC-GAN's label accuracy without its loss of within-class diversity",
     )
     mode_seeking: float = Field(
-        0.0,
+        0.1,
         ge=0,
         description="weight of MSGAN's mode-seeking term: G is penalised when two latents of "
         "the same labels draw alike images; 0 = off",
