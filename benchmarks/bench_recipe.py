@@ -37,6 +37,7 @@ from housegan.evaluate.sampling import generator_source
 from housegan.gan import serving
 from housegan.gan.data import load_packed, prepare
 from housegan.gan.train import train
+from housegan.testing.gan import ListReporter
 from housegan.testing.realsets import SETS, write_set
 
 # The shipped defaults before issue 9 (what `GanSettings()` gave on 2026-12-02).
@@ -75,23 +76,6 @@ SET_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-class GridKeeper:
-    """A Reporter keeping the last sample grid and the last metrics."""
-
-    def __init__(self) -> None:
-        self.grid: Any = None
-        self.last: dict[str, float] = {}
-
-    def params(self, params: dict[str, Any]) -> None:
-        pass
-
-    def metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.last = metrics
-
-    def image(self, name: str, image: Any, step: int) -> None:
-        self.grid = image
-
-
 def run_one(
     name: str, recipe: str, dataset_uri: str, out: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -110,14 +94,14 @@ def run_one(
     # model_validate, not with_overrides: a recipe may set a field to None (ADA off)
     data = SET_DATA.get(name, {})
     cfg = GanSettings.model_validate({**base.model_dump(), **data, **RECIPES[recipe]})
-    keeper = GridKeeper()
+    keeper = ListReporter()
     run_dir = out / f"{name}-{recipe}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume
     started = time.monotonic()
     result = train(dataset_uri, run_dir.as_uri(), cfg, reporter=keeper)
     seconds = time.monotonic() - started
-    if keeper.grid is not None:
-        keeper.grid.save(out / f"{name}-{recipe}-grid.png")
+    if keeper.images:
+        keeper.images[-1][1].save(out / f"{name}-{recipe}-grid.png")
     model = serving.load_generator(run_dir, args.device)
     evaluation = evaluate_model(
         generator_source(model),
@@ -143,7 +127,7 @@ def run_one(
         "kid": m.get("kid"),
         "diversity": m.get("diversity"),
         "copy_rate": m.get("copy_rate"),
-        "ada_p": keeper.last.get("augment/p"),
+        "ada_p": keeper.rows[-1][1].get("augment/p") if keeper.rows else None,
         "settings": {k: v for k, v in cfg.model_dump(mode="json").items() if k in RECIPE_KEYS},
     }
 

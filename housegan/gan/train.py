@@ -237,7 +237,9 @@ class Trainer:
         self.last_checkpoint = ""
         self.checkpoint_step = -1
         self.last_metrics: dict[str, float] = {}
-        self._standing_step = -1  # the step G_ema's standing statistics were taken at
+        # The step G_ema's standing statistics were taken at: every step's EMA update replaces
+        # them with G's, so they are fresh only at that step.
+        self._standing_step = -1
 
     # ----------------------------------------------------------------------------- set-up
     def _load_data(self, data: PackedDataset) -> None:
@@ -323,14 +325,16 @@ class Trainer:
                 )
             d_loss = losses.d_main(logits[:batch], logits[batch:], self.stats)
             if classes is not None:  # D's classifiers learn the labels from real images only
-                real_heads = [head[:batch] for head in classes]
                 d_loss = d_loss + self.cfg.class_weight * losses.classes(
-                    *real_heads[:2], city, image_type, "real", self.stats
+                    *(head[:batch] for head in classes[:2]), city, image_type, "real", self.stats
                 )
-                if len(classes) > 2:  # ... and their twins from generated images only
-                    fake_heads = [head[batch:] for head in classes[2:]]
+                if self.D.twin_classifiers:  # ... and their twins from generated images only
                     d_loss = d_loss + self.cfg.class_weight * losses.classes(
-                        *fake_heads, city, image_type, "twin", self.stats
+                        *(head[batch:] for head in classes[2:]),
+                        city,
+                        image_type,
+                        "twin",
+                        self.stats,
                     )
             if self.ada is not None:
                 self.ada.observe(logits[:batch])
@@ -355,7 +359,7 @@ class Trainer:
             g_loss = g_loss + self.cfg.class_weight * losses.classes(
                 *classes[:2], city, image_type, "fake", self.stats
             )
-            if len(classes) > 2:  # ... but not to be the easiest case for the twins (TAC-GAN)
+            if self.D.twin_classifiers:  # ... but not to be the easy case for the twins (TAC)
                 g_loss = g_loss - self.cfg.class_weight * losses.classes(
                     *classes[2:], city, image_type, "fake_twin", self.stats
                 )
@@ -409,7 +413,6 @@ class Trainer:
         beta = 0.5 ** (self.cfg.batch_size * self.dist.world_size / max(ema_nimg, 1e-8))
         torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1 - beta)
         torch._foreach_copy_(list(self.G_ema.buffers()), list(self.G.buffers()))  # BN stats
-        self._standing_step = -1
 
     # ------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
@@ -557,7 +560,7 @@ class Trainer:
         drawing with them shrinks the variety of the samples. The next EMA update copies G's
         back; its own random stream leaves training's untouched."""
         images, batch = self.cfg.ema_standing_images, self.cfg.batch_size
-        norms = [m for m in self.G_ema.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+        norms = [m for m in self.G_ema.modules() if isinstance(m, nn.BatchNorm2d)]
         if images <= 0 or not norms or self._standing_step == self.step:
             return
         momenta = [norm.momentum for norm in norms]

@@ -128,3 +128,24 @@ def prepared_dataset(root: Path, image_size: int = 32, per_class: int = 8, **kwa
 
     manifest = write_photos(root, per_class, **kwargs)
     return prepare(str(manifest), (root / "store").as_uri(), image_size).uri
+
+
+class ListReporter:
+    """A training Reporter that keeps everything it is given, in order."""
+
+    def __init__(self) -> None:
+        self.params_seen: list[dict[str, Any]] = []
+        self.rows: list[tuple[int, dict[str, float]]] = []
+        self.images: list[tuple[str, Image.Image, int]] = []
+
+    def params(self, params: dict[str, Any]) -> None:
+        self.params_seen.append(params)
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.rows.append((step, metrics))
+
+    def image(self, name: str, image: Image.Image, step: int) -> None:
+        self.images.append((name, image, step))
+
+    def series(self, name: str) -> list[tuple[int, float]]:
+        return [(step, m[name]) for step, m in self.rows if name in m]

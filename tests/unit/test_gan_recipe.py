@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -16,23 +15,7 @@ from housegan.gan import loss as losses
 from housegan.gan.augment import AdaptiveStrength, DiffAugment
 from housegan.gan.models import Discriminator, ModelSpec, _group_std
 from housegan.gan.train import train
-from housegan.testing.gan import TINY_SETTINGS, prepared_dataset
-
-
-class Recorder:
-    """A Reporter keeping the metric rows."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-
-    def params(self, params: dict[str, Any]) -> None:
-        pass
-
-    def metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.rows.append(metrics)
-
-    def image(self, name: str, image: Any, step: int) -> None:
-        pass
+from housegan.testing.gan import TINY_SETTINGS, ListReporter, prepared_dataset
 
 
 def _ada(target: float = 0.6, speed_kimg: float = 1.0) -> AdaptiveStrength:
@@ -139,11 +122,13 @@ def test_mode_seeking_penalises_latents_that_draw_the_same_image() -> None:
     assert collapsed > 1e4 > 10 > apart
 
 
-def test_twin_classifiers_learn_the_labels_of_generated_images(dataset: str, tmp_path) -> None:
+def test_twin_classifiers_and_mode_seeking_are_trained_reported_and_checkpointed(
+    dataset: str, tmp_path
+) -> None:
     cfg = GanSettings(**TINY_SETTINGS, steps=4, log_every=4, class_twin=True, mode_seeking=0.1)
-    reporter = Recorder()
+    reporter = ListReporter()
     train(dataset, str(tmp_path / "run"), cfg, reporter=reporter)
-    last = reporter.rows[-1]
+    last = reporter.rows[-1][1]
     names = ("loss/class_real", "loss/class_twin", "loss/class_fake", "loss/class_fake_twin")
     for name in (*names, "loss/mode_seeking"):
         assert math.isfinite(last[name]), name

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from housegan.config import GanSettings
@@ -16,28 +14,9 @@ from housegan.gan import checkpoint, ddp, serving
 from housegan.gan.augment import DiffAugment, cutout, translation
 from housegan.gan.train import IndexSampler, TrainingDiverged, train
 from housegan.testing.faults import NanLossOnce
-from housegan.testing.gan import TINY_SETTINGS, prepared_dataset
+from housegan.testing.gan import TINY_SETTINGS, ListReporter, prepared_dataset
 
 TINY = TINY_SETTINGS
-
-
-class ListReporter:
-    def __init__(self) -> None:
-        self.params_seen: list[dict[str, Any]] = []
-        self.rows: list[tuple[int, dict[str, float]]] = []
-        self.images: list[tuple[str, Image.Image, int]] = []
-
-    def params(self, params: dict[str, Any]) -> None:
-        self.params_seen.append(params)
-
-    def metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.rows.append((step, metrics))
-
-    def image(self, name: str, image: Image.Image, step: int) -> None:
-        self.images.append((name, image, step))
-
-    def series(self, name: str) -> list[tuple[int, float]]:
-        return [(step, m[name]) for step, m in self.rows if name in m]
 
 
 @pytest.fixture(scope="module")
