@@ -14,6 +14,9 @@ prints one row:
 - ``KID`` against the real images; ``div``: within-class diversity over real's (1 = as varied);
 - ``copy``: share of generated images closer to a training image than 99% of held-out real.
 
+The JSON rows also hold ``diversity_by_class`` and ``cond_by_class``, to see which classes
+hold a mean down.
+
 The final sample grid of every run is written beside the JSON (``--out``), to be looked at.
 
     python benchmarks/bench_recipe.py                       # all sets, all recipes, 8 min each
@@ -127,8 +130,18 @@ def run_one(
         "kid": m.get("kid"),
         "diversity": m.get("diversity"),
         "copy_rate": m.get("copy_rate"),
+        # per class, to see which classes hold the means down
+        "diversity_by_class": _by_class(evaluation.cells, "diversity"),
+        "cond_by_class": _by_class(evaluation.cells, "cond_acc_city"),
         "ada_p": keeper.rows[-1][1].get("augment/p") if keeper.rows else None,
         "settings": {k: v for k, v in cfg.model_dump(mode="json").items() if k in RECIPE_KEYS},
+    }
+
+
+def _by_class(cells: Any, column: str) -> dict[str, float | None]:
+    return {
+        f"{row.city}/{row.image_type}": None if row[column] is None else round(row[column], 3)
+        for _, row in cells.iterrows()
     }
 
 
