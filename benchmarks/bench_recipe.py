@@ -129,6 +129,7 @@ def run_one(
         "ceiling": m.get("cond_real_acc_city"),
         "kid": m.get("kid"),
         "diversity": m.get("diversity"),
+        "diversity_min": m.get("diversity_min"),
         "copy_rate": m.get("copy_rate"),
         # per class, to see which classes hold the means down
         "diversity_by_class": _by_class(evaluation.cells, "diversity"),

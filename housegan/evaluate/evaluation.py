@@ -58,6 +58,7 @@ SUMMARY_METRICS = (
     "density",
     "coverage",
     "diversity",
+    "diversity_min",
     "cond_acc_city",
     "cond_acc_type",
 )
@@ -125,6 +126,8 @@ def evaluate_model(
         generated.features, generated.cell_of(), real.features, real.cell_of(), center
     )
     metrics["diversity"] = float(np.mean(list(diversity.values()))) if diversity else None
+    # the least varied cell: one class drawn from few of its modes hides in the mean
+    metrics["diversity_min"] = float(min(diversity.values())) if diversity else None
     cond = conditioning.conditioning(
         real.features,
         {"city": real.city, "type": real.image_type},

@@ -64,6 +64,7 @@ class Evaluated:
     density: float | None
     coverage: float | None
     diversity: float | None  # within-class spread of generated over real (1 = as varied)
+    diversity_min: float | None  # the same, in the least varied (city, type) cell
     cond_acc_city: float | None
     cond_acc_type: float | None
     pairs_uri: str | None  # the run's nearest-pair figures (an artifact folder); None: none drawn

@@ -224,6 +224,7 @@ def test_evaluate_cli_logs_a_nested_run_and_promote_cli_gates_it(
         "density",
         "coverage",
         "diversity",
+        "diversity_min",
         "cond_acc_city",
         "cond_acc_type",
     }

@@ -104,10 +104,13 @@ def test_result_has_one_row_per_cell_per_city_metrics_and_the_embedder_tag(resul
         "density",
         "coverage",
         "diversity",
+        "diversity_min",
         "cond_acc_city",
         "cond_acc_type",
     }
     assert evaluation.cells["diversity"].notna().all()
+    assert evaluation.metrics["diversity_min"] == evaluation.cells["diversity"].min()
+    assert evaluation.metrics["diversity_min"] <= evaluation.metrics["diversity"]
 
 
 def test_pair_figures_show_k_pairs_per_cell(results) -> None:
