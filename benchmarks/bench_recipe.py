@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from housegan.config import EmbedSettings, EvaluateSettings, GanSettings
@@ -134,15 +135,17 @@ def run_one(
         # per class, to see which classes hold the means down
         "diversity_by_class": _by_class(evaluation.cells, "diversity"),
         "cond_by_class": _by_class(evaluation.cells, "cond_acc_city"),
-        "ada_p": keeper.rows[-1][1].get("augment/p") if keeper.rows else None,
+        "ada_p": ada[-1][1] if (ada := keeper.series("augment/p")) else None,
         "settings": {k: v for k, v in cfg.model_dump(mode="json").items() if k in RECIPE_KEYS},
     }
 
 
-def _by_class(cells: Any, column: str) -> dict[str, float | None]:
+def _by_class(cells: pd.DataFrame, column: str) -> dict[str, float | None]:
+    """``{"city/type": value}``; a cell without a value (NaN in the float column) is None."""
+    keys = cells["city"] + "/" + cells["image_type"]
     return {
-        f"{row.city}/{row.image_type}": None if row[column] is None else round(row[column], 3)
-        for _, row in cells.iterrows()
+        key: None if pd.isna(value) else round(float(value), 3)
+        for key, value in zip(keys, cells[column], strict=True)
     }
 
 
