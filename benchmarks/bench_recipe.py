@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import yaml
 
 from housegan.config import EmbedSettings, EvaluateSettings, GanSettings
 from housegan.evaluate.evaluation import evaluate_model
@@ -149,7 +150,7 @@ def _by_class(cells: pd.DataFrame, column: str) -> dict[str, float | None]:
     }
 
 
-RECIPE_KEYS = (*BEFORE, "image_size", "ada_kimg", "ema_rampup", "xflip")
+RECIPE_KEYS = (*BEFORE, "image_size", "ada_kimg", "ema_rampup", "xflip", "cond_ramp")
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -181,7 +182,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(".housegan/bench-recipe"))
     args = parser.parse_args()
     if args.custom is not None:
-        RECIPES["custom"] = dict(item.split("=", 1) for item in args.custom)
+        pairs = (item.split("=", 1) for item in args.custom)  # values as YAML: 0.2, [0.1, 0.4]
+        RECIPES["custom"] = {key: yaml.safe_load(value) for key, value in pairs}
         args.recipes = [*args.recipes, "custom"] if "custom" not in args.recipes else args.recipes
     torch.set_num_threads(args.threads)
     args.out = args.out.resolve()

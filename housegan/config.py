@@ -306,6 +306,12 @@ class GanSettings(BaseModel):
         description="weight of MSGAN's mode-seeking term: G is penalised when two latents of "
         "the same labels draw alike images; 0 = off",
     )
+    cond_ramp: tuple[float, float] | None = Field(
+        None,
+        description="transitional conditioning (Shahbazi et al. 2023): the labels' weight in G "
+        "and D (and in G's classifier terms) rises from 0 to 1 between these fractions of the "
+        "budget, so G first learns the whole set unconditionally; None = conditional throughout",
+    )
     ema_kimg: float = Field(10.0, gt=0, description="EMA half-life of G_ema, in kimg")
     ema_rampup: float | None = Field(
         0.05, description="early on, half-life <= this fraction of images shown so far"
@@ -346,6 +352,16 @@ class GanSettings(BaseModel):
     def _size_supported(cls, value: int) -> int:
         if value not in IMAGE_SIZES:
             raise ValueError(f"gan.image_size={value} is not supported; use one of {IMAGE_SIZES}")
+        return value
+
+    @field_validator("cond_ramp")
+    @classmethod
+    def _ramp_within_budget(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] <= value[1] <= 1:
+            raise ValueError(
+                f"gan.cond_ramp={value}: give (start, end) fractions of the budget, "
+                "0 <= start <= end <= 1"
+            )
         return value
 
     @field_validator("diffaugment")

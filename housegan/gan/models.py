@@ -11,6 +11,9 @@ vector ``h``, a linear score and one projection term per label, ``<embed(label),
 (AC-GAN, Odena et al. 2017), which the loss may weigh in (``gan.class_weight``), and optionally
 their twins trained on generated images (TAC-GAN, Gong et al. 2019; ``gan.class_twin``).
 
+Both networks scale their label terms by a ``label_scale`` buffer (1 but while training ramps
+the labels in: ``gan.cond_ramp``).
+
 Width and depth scale with R ∈ {32, 64, 128} (log2(R/4) blocks) and ``width`` (base channels).
 """
 
@@ -119,10 +122,12 @@ class Generator(nn.Module):
         self.out = nn.Sequential(
             nn.BatchNorm2d(ch[-1]), nn.ReLU(), nn.Conv2d(ch[-1], 3, 3, padding=1), nn.Tanh()
         )
+        _add_label_scale(self)
         init_weights(self)
 
     def forward(self, z: Tensor, city: Tensor, image_type: Tensor) -> Tensor:
         labels = torch.cat([self.city_embed(city), self.type_embed(image_type)], dim=1)
+        labels = labels * self.label_scale.to(labels.dtype)
         if self.spec.hierarchical_z:
             stem_z, *block_zs = torch.split(z, self.spec.z_chunks(), dim=1)
         else:
@@ -192,6 +197,7 @@ class Discriminator(nn.Module):
         if twin_classifiers:
             self.city_twin = nn.Linear(features, spec.n_cities)
             self.type_twin = nn.Linear(features, spec.n_types)
+        _add_label_scale(self)
         init_weights(self)
 
     def forward(
@@ -204,13 +210,20 @@ class Discriminator(nn.Module):
             h = torch.cat([h, _group_std(h, self.minibatch_std)], dim=1)
         h = F.relu(self.blocks[-1](h)).sum(dim=(2, 3))
         projection = (self.city_embed(city) * h).sum(1) + (self.type_embed(image_type) * h).sum(1)
-        logits = self.score(h).squeeze(1) + projection
+        logits = self.score(h).squeeze(1) + self.label_scale.to(h.dtype) * projection
         if not classes:
             return logits
         heads = (self.city_classifier(h), self.type_classifier(h))
         if self.twin_classifiers:
             heads += (self.city_twin(h), self.type_twin(h))
         return logits, heads
+
+
+def _add_label_scale(module: nn.Module) -> None:
+    """The labels' weight in the network, 1 but while training ramps it up (transitional
+    conditioning, ``gan.cond_ramp``): a tensor, so a compiled network does not recompile as it
+    changes, and not persistent, so saved weights and old checkpoints are unaffected."""
+    module.register_buffer("label_scale", torch.ones(()), persistent=False)
 
 
 def _group_std(h: Tensor, group: int) -> Tensor:

@@ -232,6 +232,8 @@ class Trainer:
         self.train_seconds = 0.0
         self.lr_scale = 1.0
         self.rollbacks = 0
+        self.label_scale = 1.0  # the labels' weight (gan.cond_ramp); 1 after a warm start
+        self.warm_started = False
         self.stats = losses.Stats()
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self.last_checkpoint = ""
@@ -309,9 +311,33 @@ class Trainer:
     def latents(self, n: int) -> Tensor:
         return torch.randn(n, self.spec.z_dim, generator=self.noise, device=self.device)
 
+    def progress(self) -> float:
+        """Share of the budget spent: of its images, or of its minutes when that is further."""
+        done = self.nimg / (self.total_steps * self.cfg.batch_size * self.dist.world_size)
+        if self.cfg.max_minutes is not None:
+            done = max(done, self.train_seconds / (self.cfg.max_minutes * 60))
+        return done
+
+    def _set_label_scale(self) -> None:
+        """Transitional conditioning (Shahbazi et al. 2023, "Collapse by Conditioning"): on
+        small sets, labels from the first step make G draw few modes per class; ramped in,
+        they split modes G has already learned. A warm start is conditional already."""
+        ramp = self.cfg.cond_ramp
+        if ramp is None or self.warm_started:
+            scale = 1.0
+        else:
+            start, end = ramp
+            span = max(end - start, 1e-9)
+            scale = min(max((self.progress() - start) / span, 0.0), 1.0)
+        if scale != self.label_scale:
+            self.label_scale = scale
+            for net in (self.G, self.D, self.G_ema):
+                net.label_scale.fill_(scale)
+
     def train_step(self, measure: bool = False) -> None:
         """``d_steps`` D updates, one G update, one EMA update; ``measure`` adds grad norms."""
         batch = self.cfg.batch_size
+        self._set_label_scale()
         for _ in range(self.cfg.d_steps):
             index = self.sampler.next()
             city, image_type = self.city[index], self.image_type[index]
@@ -356,11 +382,12 @@ class Trainer:
             )
         g_loss = losses.g_main(logits, self.stats)
         if classes is not None:  # G is taught to draw what D's classifiers read as its labels
-            g_loss = g_loss + self.cfg.class_weight * losses.classes(
+            class_weight = self.cfg.class_weight * self.label_scale
+            g_loss = g_loss + class_weight * losses.classes(
                 *classes[:2], city, image_type, "fake", self.stats
             )
             if self.D.twin_classifiers:  # ... but not to be the easy case for the twins (TAC)
-                g_loss = g_loss - self.cfg.class_weight * losses.classes(
+                g_loss = g_loss - class_weight * losses.classes(
                     *classes[2:], city, image_type, "fake_twin", self.stats
                 )
         if pairs:
@@ -538,6 +565,7 @@ class Trainer:
                 "lr/g": self.opt_g.param_groups[0]["lr"],
                 "lr/d": self.opt_d.param_groups[0]["lr"],
                 "progress/kimg": self.nimg / 1000,
+                "cond/label_scale": self.label_scale,
                 "guard/rollbacks": float(self.rollbacks),
             }
         )
@@ -597,6 +625,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "lr_scale": self.lr_scale,
             "rollbacks": self.rollbacks,
+            "warm_started": self.warm_started,
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "G_ema": self.G_ema.state_dict(),
@@ -627,6 +656,7 @@ class Trainer:
             )
         for key in ("step", "nimg", "train_seconds", "lr_scale", "rollbacks"):
             setattr(self, key, state[key])
+        self.warm_started = bool(state.get("warm_started", False))  # absent before cond_ramp
         for key in ("G", "D", "G_ema", "opt_g", "opt_d", "scaler"):
             getattr(self, key).load_state_dict(state[key])
         checkpoint.set_global_rng_state(state["rng"])
@@ -682,6 +712,7 @@ class Trainer:
         if fresh:
             log.warning("warm start from %s: D's %s start fresh", checkpoint_uri, fresh)
         self.augment.p = state["augment_p"].reshape(()).to(self.augment.p)
+        self.warm_started = True
         return fresh
 
     def _apply_lr(self) -> None:

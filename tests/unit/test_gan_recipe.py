@@ -1,5 +1,6 @@
 """The training recipe's parts: adaptive augmentation strength, D's auxiliary classifiers and
-their twins, the minibatch standard deviation, mode seeking, G_ema's standing statistics."""
+their twins, the minibatch standard deviation, mode seeking, G_ema's standing statistics,
+transitional conditioning."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from housegan.config import GanSettings
 from housegan.gan import checkpoint, serving
 from housegan.gan import loss as losses
 from housegan.gan.augment import AdaptiveStrength, DiffAugment
-from housegan.gan.models import Discriminator, ModelSpec, _group_std
+from housegan.gan.models import Discriminator, Generator, ModelSpec, _group_std
 from housegan.gan.train import train
 from housegan.testing.gan import TINY_SETTINGS, ListReporter, prepared_dataset
 
@@ -165,3 +166,38 @@ def test_standing_statistics_describe_g_emas_own_activations(dataset: str, tmp_p
         train(dataset, str(tmp_path / str(images)), cfg)
         errors[images] = _bn_input_error(tmp_path / str(images))
     assert errors[512] < 0.25 < errors[0]
+
+
+def test_at_label_scale_zero_both_networks_ignore_the_labels() -> None:
+    spec = ModelSpec(32, n_cities=3, n_types=2, z_dim=16, width=4, embed_dim=8)
+    g, d = Generator(spec).eval(), Discriminator(spec).eval()
+    z, x = torch.randn(4, 16), torch.randn(4, 3, 32, 32)
+    some = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 0, 1])
+    other = torch.tensor([2, 2, 1, 1]), torch.tensor([1, 0, 1, 0])
+    assert not torch.allclose(g(z, *some), g(z, *other))  # conditional by default
+    assert not torch.allclose(d(x, *some), d(x, *other))
+    for net in (g, d):
+        net.label_scale.fill_(0.0)
+    assert torch.equal(g(z, *some), g(z, *other))
+    assert torch.equal(d(x, *some), d(x, *other))
+    assert "label_scale" not in g.state_dict() and "label_scale" not in d.state_dict()
+
+
+def test_cond_ramp_brings_the_labels_in_over_its_share_of_the_budget(
+    dataset: str, tmp_path
+) -> None:
+    cfg = GanSettings(**TINY_SETTINGS, steps=8, log_every=1, cond_ramp=(0.25, 0.75))
+    reporter = ListReporter()
+    train(dataset, str(tmp_path / "run"), cfg, reporter=reporter)
+    # set before each step, from the images shown before it: 0/8, 1/8, ... of the budget
+    scales = [value for _, value in reporter.series("cond/label_scale")]
+    assert scales == [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    model = serving.load_generator(tmp_path / "run")
+    assert float(model.generator.label_scale) == 1.0  # the served model is conditional
+
+
+def test_cond_ramp_must_lie_within_the_budget() -> None:
+    with pytest.raises(ValueError, match="cond_ramp"):
+        GanSettings(cond_ramp=(0.6, 0.2))
+    with pytest.raises(ValueError, match="cond_ramp"):
+        GanSettings(cond_ramp=(0.1, 1.5))

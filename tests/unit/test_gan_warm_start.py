@@ -12,7 +12,7 @@ from housegan.config import GanSettings
 from housegan.gan import checkpoint
 from housegan.gan.data import prepare
 from housegan.gan.train import Trainer, train
-from housegan.testing.gan import TINY_SETTINGS, prepared_dataset, write_photos
+from housegan.testing.gan import TINY_SETTINGS, ListReporter, prepared_dataset, write_photos
 
 TINY = TINY_SETTINGS
 
@@ -43,6 +43,19 @@ def test_warm_start_takes_the_weights_but_a_fresh_schedule(
         dataset, str(tmp_path / "run"), GanSettings(**TINY, steps=2), warm_start_from=latest
     )
     assert result.step == 2  # its own budget, counted from zero
+
+
+def test_a_warm_start_keeps_the_labels_on_whatever_the_cond_ramp(
+    champion: tuple[str, str], tmp_path: Path
+) -> None:
+    """The champion is conditional already: ramping its labels in again would unlearn them."""
+    dataset, latest = champion
+    cfg = GanSettings(**TINY, steps=4, log_every=1, cond_ramp=(0.5, 1.0))
+    reporter = ListReporter()
+    train(dataset, str(tmp_path / "run"), cfg, warm_start_from=latest, reporter=reporter)
+    assert [value for _, value in reporter.series("cond/label_scale")] == [1.0] * 4
+    resumed = Trainer(dataset, str(tmp_path / "run"), cfg)
+    assert resumed.resume() and resumed.warm_started  # and so does a resume of it
 
 
 def test_a_champion_of_an_older_recipe_warm_starts_with_fresh_twins_and_minibatch_std(
