@@ -18,6 +18,8 @@ The JSON rows also hold ``diversity_by_class`` and ``cond_by_class``, to see whi
 hold a mean down.
 
 The final sample grid of every run is written beside the JSON (``--out``), to be looked at.
+``--raw-g`` also evaluates the run's raw G (its newest checkpoint, G's own batch-norm
+statistics): is a missing mode G's, or lost in its EMA?
 
     python benchmarks/bench_recipe.py                       # all sets, all recipes, 8 min each
     python benchmarks/bench_recipe.py --sets digits --recipes defaults --minutes 2
@@ -26,6 +28,7 @@ The final sample grid of every run is written beside the JSON (``--out``), to be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
@@ -37,10 +40,11 @@ import torch
 import yaml
 
 from housegan.config import EmbedSettings, EvaluateSettings, GanSettings
-from housegan.evaluate.evaluation import evaluate_model
+from housegan.evaluate.evaluation import ModelEvaluation, evaluate_model
 from housegan.evaluate.sampling import generator_source
-from housegan.gan import serving
+from housegan.gan import checkpoint, serving
 from housegan.gan.data import load_packed, prepare
+from housegan.gan.models import Generator
 from housegan.gan.train import train
 from housegan.testing.gan import ListReporter
 from housegan.testing.realsets import SETS, write_set
@@ -108,17 +112,9 @@ def run_one(
     if keeper.images:
         keeper.images[-1][1].save(out / f"{name}-{recipe}-grid.png")
     model = serving.load_generator(run_dir, args.device)
-    evaluation = evaluate_model(
-        generator_source(model),
-        model.vocab,
-        load_packed(dataset_uri),
-        EmbedSettings(
-            weights="none", layer="conv5", input_size=args.embed_size, device=args.device
-        ),
-        EvaluateSettings(samples_per_cell=args.samples, device=args.device, kid_subsets=50),
-        figures_dir=out / f"{name}-{recipe}-figures",
-    )
+    evaluation = _evaluate(model, dataset_uri, args, out / f"{name}-{recipe}-figures")
     m = evaluation.metrics
+    raw_g = _evaluate(_raw_g(run_dir, model), dataset_uri, args) if args.raw_g else None
     return {
         "set": name,
         "recipe": recipe,
@@ -137,7 +133,44 @@ def run_one(
         "diversity_by_class": _by_class(evaluation.cells, "diversity"),
         "cond_by_class": _by_class(evaluation.cells, "cond_acc_city"),
         "ada_p": ada[-1][1] if (ada := keeper.series("augment/p")) else None,
+        **({"raw_g": _headline(raw_g)} if raw_g is not None else {}),
         "settings": {k: v for k, v in cfg.model_dump(mode="json").items() if k in RECIPE_KEYS},
+    }
+
+
+def _evaluate(
+    model: serving.LoadedGenerator,
+    dataset_uri: str,
+    args: argparse.Namespace,
+    figures: Path | None = None,
+) -> ModelEvaluation:
+    return evaluate_model(
+        generator_source(model),
+        model.vocab,
+        load_packed(dataset_uri),
+        EmbedSettings(
+            weights="none", layer="conv5", input_size=args.embed_size, device=args.device
+        ),
+        EvaluateSettings(samples_per_cell=args.samples, device=args.device, kid_subsets=50),
+        figures_dir=figures,
+    )
+
+
+def _raw_g(run_dir: Path, ema: serving.LoadedGenerator) -> serving.LoadedGenerator:
+    """The newest checkpoint's G, with the running batch-norm statistics it trained with."""
+    state = checkpoint.load(checkpoint.latest(str(run_dir)))
+    generator = Generator(ema.spec)
+    generator.load_state_dict(state["G"])
+    generator.to(ema.device).eval().requires_grad_(False)
+    return dataclasses.replace(ema, generator=generator)
+
+
+def _headline(evaluation: ModelEvaluation) -> dict[str, Any]:
+    m = evaluation.metrics
+    keys = ("cond_acc_city", "kid", "diversity", "diversity_min", "copy_rate")
+    return {
+        **{key: m.get(key) for key in keys},
+        "diversity_by_class": _by_class(evaluation.cells, "diversity"),
     }
 
 
@@ -171,6 +204,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="generated images per class")
     parser.add_argument("--embed-size", type=int, default=64, help="VGG16 input side")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--raw-g", action="store_true", help="also evaluate the raw G")
     parser.add_argument(
         "--try",
         dest="custom",
