@@ -43,7 +43,7 @@ from housegan.config import EmbedSettings, EvaluateSettings, GanSettings
 from housegan.evaluate.evaluation import ModelEvaluation, evaluate_model
 from housegan.evaluate.sampling import generator_source
 from housegan.gan import checkpoint, serving
-from housegan.gan.data import load_packed, prepare
+from housegan.gan.data import PackedDataset, load_packed, prepare
 from housegan.gan.models import Generator
 from housegan.gan.train import train
 from housegan.testing.gan import ListReporter
@@ -112,9 +112,10 @@ def run_one(
     if keeper.images:
         keeper.images[-1][1].save(out / f"{name}-{recipe}-grid.png")
     model = serving.load_generator(run_dir, args.device)
-    evaluation = _evaluate(model, dataset_uri, args, out / f"{name}-{recipe}-figures")
+    data = load_packed(dataset_uri)  # read once, for G_ema and the raw G alike
+    evaluation = _evaluate(model, data, args, out / f"{name}-{recipe}-figures")
     m = evaluation.metrics
-    raw_g = _evaluate(_raw_g(run_dir, model), dataset_uri, args) if args.raw_g else None
+    raw_g = _evaluate(_raw_g(run_dir, model), data, args) if args.raw_g else None
     return {
         "set": name,
         "recipe": recipe,
@@ -140,14 +141,14 @@ def run_one(
 
 def _evaluate(
     model: serving.LoadedGenerator,
-    dataset_uri: str,
+    data: PackedDataset,
     args: argparse.Namespace,
     figures: Path | None = None,
 ) -> ModelEvaluation:
     return evaluate_model(
         generator_source(model),
         model.vocab,
-        load_packed(dataset_uri),
+        data,
         EmbedSettings(
             weights="none", layer="conv5", input_size=args.embed_size, device=args.device
         ),

@@ -232,7 +232,9 @@ class Trainer:
         self.train_seconds = 0.0
         self.lr_scale = 1.0
         self.rollbacks = 0
-        self.label_scale = 1.0  # the labels' weight (gan.cond_ramp); 1 after a warm start
+        # The labels' weight (gan.cond_ramp): a host copy of the networks' label_scale buffers,
+        # so the loss weights and the "changed?" check never read the device.
+        self.label_scale = 1.0
         self.warm_started = False
         self.stats = losses.Stats()
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
